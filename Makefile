@@ -1,0 +1,30 @@
+# The two README commands: `make demo` (the main job) and `make test` (what CI runs).
+# Both run the idempotent set-up first, so a fresh machine needs nothing else.
+VENV := .venv/bin
+
+.PHONY: setup demo test lint unit e2e bench
+
+setup:
+	@bash .ci/setup
+
+demo: setup
+	$(VENV)/remediator demo
+
+test: setup lint
+	$(VENV)/pytest -q
+
+lint:
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+	$(VENV)/lint-imports
+	$(VENV)/remediator validate playbooks
+
+unit: setup
+	$(VENV)/pytest -q -m "not e2e"
+
+e2e: setup
+	$(VENV)/pytest -q -m e2e
+
+bench: setup
+	$(VENV)/python bench/intake.py

@@ -1,0 +1,99 @@
+"""The daemon's own Prometheus metrics, on a registry passed in (one per daemon or test).
+
+Label values are bounded: playbook names, action names, outcomes, reasons and status codes;
+never fingerprints, targets or store ids (those belong in the audit log).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.webhook_requests = Counter(
+            "remediator_webhook_requests",
+            "Webhook requests by HTTP status code.",
+            ["code"],
+            registry=registry,
+        )
+        self.webhook_rejections = Counter(
+            "remediator_webhook_rejections",
+            "Webhook requests refused, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.alerts_received = Counter(
+            "remediator_alerts_received",
+            "Alerts received, by status (duplicates included).",
+            ["status"],
+            registry=registry,
+        )
+        self.alerts_duplicate = Counter(
+            "remediator_alerts_duplicate",
+            "Alert deliveries already seen (Alertmanager re-sends).",
+            registry=registry,
+        )
+        self.runs = Counter(
+            "remediator_runs",
+            "Finished runs by playbook and outcome.",
+            ["playbook", "outcome"],
+            registry=registry,
+        )
+        self.runs_not_started = Counter(
+            "remediator_runs_not_started",
+            "Alerts or runs that did not run, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.run_duration = Histogram(
+            "remediator_run_duration_seconds",
+            "Run duration from start to finish.",
+            ["playbook"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.steps = Counter(
+            "remediator_steps",
+            "Steps by playbook, action and outcome.",
+            ["playbook", "action", "outcome"],
+            registry=registry,
+        )
+        self.step_duration = Histogram(
+            "remediator_step_duration_seconds",
+            "Step duration including retries.",
+            ["action"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "remediator_queue_depth",
+            "Runs waiting to start.",
+            registry=registry,
+        )
+        self.runs_active = Gauge(
+            "remediator_runs_active",
+            "Runs executing now.",
+            registry=registry,
+        )
+        self.playbooks_loaded = Gauge(
+            "remediator_playbooks_loaded",
+            "Playbooks in the active set.",
+            registry=registry,
+        )
+        self.reload_failures = Counter(
+            "remediator_playbook_reload_failures",
+            "Reloads refused because the new set was invalid.",
+            registry=registry,
+        )
+
+    def step_finished(self, *, playbook: str, action: str, outcome: str, duration: float) -> None:
+        self.steps.labels(playbook=playbook, action=action, outcome=outcome).inc()
+        self.step_duration.labels(action=action).observe(duration)
+
+    def run_finished(self, *, playbook: str, outcome: str, duration: float) -> None:
+        self.runs.labels(playbook=playbook, outcome=outcome).inc()
+        self.run_duration.labels(playbook=playbook).observe(duration)

@@ -1,0 +1,241 @@
+"""Command line: ``remediator serve | validate | simulate | audit | demo``.
+
+Exit codes: 0 success, 1 invalid input or a failed check (problems are printed as
+``file:line: path: message``), 2 usage errors (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from remediator import __version__, config, running
+from remediator.adapters import loading, state
+from remediator.core import reporting
+from remediator.core.errors import InvalidInputError
+from remediator.core.runs import AuditRecord, Page, RunFilter
+from remediator.engine import simulating
+from remediator.engine.actions import registry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except InvalidInputError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="remediator", description="Auto-remediation for Alertmanager alerts."
+    )
+    parser.add_argument("--version", action="version", version=f"remediator {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", type=Path, help="YAML config file")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="override server.host/port")
+    serve.add_argument("--playbooks", metavar="DIR", help="override playbooks.directory")
+    serve.add_argument("--state", metavar="PATH", help="override state.path (SQLite file)")
+    serve.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="mutating actions only report what they would do",
+    )
+    serve.add_argument("--token-file", metavar="FILE", help="webhook bearer token file")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="accept unauthenticated requests (local experiments only)",
+    )
+    serve.set_defaults(handler=_serve)
+
+    validate = commands.add_parser("validate", help="check playbooks; exit 1 on any problem")
+    validate.add_argument("paths", nargs="*", default=["playbooks"], metavar="PATH")
+    validate.set_defaults(handler=_validate)
+
+    simulate = commands.add_parser("simulate", help="show what an alert would do, changing nothing")
+    simulate.add_argument(
+        "--alert",
+        required=True,
+        type=Path,
+        help="an Alertmanager webhook payload or a single alert (JSON)",
+    )
+    simulate.add_argument("--playbooks", default="playbooks", metavar="DIR")
+    simulate.add_argument("--config", type=Path)
+    simulate.add_argument("--json", action="store_true", help="machine-readable output")
+    simulate.set_defaults(handler=_simulate)
+
+    audit = commands.add_parser("audit", help="review the audit log")
+    audit.add_argument("--state", metavar="PATH", help="the SQLite file (default from --config)")
+    audit.add_argument("--config", type=Path)
+    audit_commands = audit.add_subparsers(dest="audit_command")
+    verify = audit_commands.add_parser("verify", help="check the hash chain")
+    verify.add_argument("--state", metavar="PATH", dest="verify_state")
+    verify.set_defaults(handler=_audit_verify)
+    for name in ("since", "until", "playbook", "target", "outcome", "alertname", "kind"):
+        audit.add_argument(f"--{name}")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--cursor")
+    audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    audit.set_defaults(handler=_audit)
+
+    demo = commands.add_parser(
+        "demo", help="run the daemon on the example config with a sample alert"
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the daemon running afterwards")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    settings = config.load(getattr(args, "config", None))
+    overrides: dict[str, Any] = {}
+    listen = getattr(args, "listen", None)
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise SystemExit(f"remediator: --listen must be HOST:PORT, not {listen!r}")
+        overrides["server.host"], overrides["server.port"] = host or "127.0.0.1", int(port)
+    overrides["playbooks.directory"] = getattr(args, "playbooks", None)
+    overrides["state.path"] = getattr(args, "state", None)
+    overrides["engine.dry_run"] = getattr(args, "dry_run", None)
+    overrides["auth.token_file"] = getattr(args, "token_file", None)
+    overrides["auth.insecure_no_auth"] = getattr(args, "insecure_no_auth", None)
+    return config.override(settings, **overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    running.configure_logging(settings.logging)
+    return asyncio.run(running.serve(settings))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    files = loading.playbook_files(args.paths)
+    playbooks = loading.load_playbooks(args.paths, registry.builtin())
+    print(f"{len(playbooks.playbooks)} playbooks in {len(files)} files: OK")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    actions = registry.builtin()
+    playbooks = loading.load_playbooks([args.playbooks], actions)
+    try:
+        raw = json.loads(args.alert.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        print(f"{args.alert}: cannot read alert JSON: {e}", file=sys.stderr)
+        return 1
+    report = simulating.simulate(raw, playbooks, actions, settings=settings)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        simulating.print_report(report, sys.stdout)
+    return 0
+
+
+def _state_path(args: argparse.Namespace) -> str:
+    explicit = getattr(args, "verify_state", None) or args.state
+    if explicit:
+        return str(explicit)
+    return config.load(args.config).state.path
+
+
+def _audit(args: argparse.Namespace) -> int:
+    path = _state_path(args)
+    query = {
+        k: v
+        for k in ("since", "until", "playbook", "target", "outcome", "alertname", "kind")
+        if (v := getattr(args, k)) is not None
+    }
+    try:
+        since = reporting.parse_timestamp(query["since"]) if "since" in query else None
+        until = reporting.parse_timestamp(query["until"]) if "until" in query else None
+    except ValueError as e:
+        print(f"remediator audit: --since/--until must be RFC 3339 or epoch: {e}", file=sys.stderr)
+        return 1
+    flt = RunFilter(
+        since=since,
+        until=until,
+        playbook=query.get("playbook"),
+        target=query.get("target"),
+        outcome=query.get("outcome"),
+        alertname=query.get("alertname"),
+        kind=query.get("kind"),
+    )
+    page = asyncio.run(_query_audit(path, flt, args.limit, args.cursor))
+    if args.json:
+        for record in page.items:
+            print(json.dumps(reporting.audit_json(record), sort_keys=True))
+    else:
+        _print_audit_table(page.items, sys.stdout)
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+    return 0
+
+
+async def _query_audit(
+    path: str, flt: RunFilter, limit: int, cursor: str | None
+) -> Page[AuditRecord]:
+    store = state.open_readonly(path)
+    await store.open()
+    try:
+        return await store.query_audit(flt, limit=limit, cursor=cursor)
+    finally:
+        await store.close()
+
+
+def _print_audit_table(records: Sequence[AuditRecord], out: TextIO) -> None:
+    columns = ("seq", "time", "kind", "alertname", "playbook", "target", "outcome", "reason")
+    rows = []
+    for record in records:
+        item = reporting.audit_json(record)
+        rows.append([str(item[c] if item[c] is not None else "-") for c in columns])
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    widths = [min(w, 48) for w in widths]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)), file=out)
+    for row in rows:
+        print("  ".join(v[:w].ljust(w) for v, w in zip(row, widths, strict=True)), file=out)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    path = _state_path(args)
+
+    async def verify() -> Any:
+        store = state.open_readonly(path)
+        await store.open()
+        try:
+            return await store.verify_audit()
+        finally:
+            await store.close()
+
+    report = asyncio.run(verify())
+    if report.intact:
+        print(f"audit log intact: {report.checked} records")
+        return 0
+    print(
+        f"audit log BROKEN at record {report.first_broken}: {report.reason} "
+        f"({report.checked} records before it are intact)"
+    )
+    return 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from remediator import demo  # the demo pulls in the simulation; serve never needs it
+
+    return int(demo.main(keep=args.keep))

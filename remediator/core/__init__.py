@@ -1,0 +1,1 @@
+"""Pure, synchronous, deterministic core: types and decisions, no I/O."""

@@ -1,0 +1,85 @@
+"""The audit log's hash chain: how a record is hashed and how a chain is checked.
+
+Each record's hash covers its content and the previous record's hash, so changing, removing or
+reordering any record breaks every hash after it. Pure functions; the store calls them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from remediator.core.runs import AuditEvent, AuditRecord
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_content(seq: int, time: float, event: AuditEvent) -> str:
+    """The exact bytes that are hashed: sorted keys, no whitespace, so any reader can re-hash."""
+    content: dict[str, Any] = {
+        "seq": seq,
+        "time": round(time, 6),
+        "kind": str(event.kind),
+        "run_id": event.run_id,
+        "fingerprint": event.fingerprint,
+        "alertname": event.alertname,
+        "playbook": event.playbook,
+        "target": event.target,
+        "outcome": event.outcome,
+        "reason": event.reason,
+        "details": event.details,
+    }
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(prev_hash: str, content: str) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()
+
+
+def seal(seq: int, time: float, event: AuditEvent, prev_hash: str) -> AuditRecord:
+    digest = chain_hash(prev_hash, canonical_content(seq, time, event))
+    return AuditRecord(seq=seq, time=time, event=event, prev_hash=prev_hash, hash=digest)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainReport:
+    checked: int
+    first_broken: int | None = None
+    """seq of the first record whose hash or link does not hold."""
+    reason: str = ""
+
+    @property
+    def intact(self) -> bool:
+        return self.first_broken is None
+
+
+def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
+    """Check links, hashes and sequence numbers, in order, stopping at the first break."""
+    expected_prev = GENESIS_HASH
+    expected_seq: int | None = None
+    checked = 0
+    for record in records:
+        if expected_seq is not None and record.seq != expected_seq:
+            return ChainReport(
+                checked=checked,
+                first_broken=record.seq,
+                reason=f"sequence gap: expected {expected_seq}, found {record.seq}",
+            )
+        if record.prev_hash != expected_prev:
+            return ChainReport(
+                checked=checked, first_broken=record.seq, reason="link to previous record broken"
+            )
+        recomputed = chain_hash(
+            record.prev_hash, canonical_content(record.seq, record.time, record.event)
+        )
+        if recomputed != record.hash:
+            return ChainReport(
+                checked=checked, first_broken=record.seq, reason="content does not match its hash"
+            )
+        checked += 1
+        expected_prev = record.hash
+        expected_seq = record.seq + 1
+    return ChainReport(checked=checked)

@@ -1,0 +1,163 @@
+"""From playbook YAML text to :class:`~remediator.core.playbooks.Playbook` values.
+
+YAML is composed into nodes first so every value keeps its line: validation problems then read
+``file:line: path: message``. ``parse_playbook`` assumes a document that passed validation and
+never mutates its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from remediator.core import durations, matching
+from remediator.core.alerts import AlertStatus
+from remediator.core.errors import Problem
+from remediator.core.playbooks import Playbook, RetryPolicy, Step, Trigger, Verification
+
+Path = tuple[str | int, ...]
+DEFAULT_STEP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Document:
+    """One YAML document with the line of every value in it."""
+
+    source: str
+    raw: Any
+    lines: Mapping[Path, int] = field(default_factory=dict)
+    line: int = 1
+
+    def line_of(self, path: Sequence[str | int]) -> int:
+        """The line of ``path``, or of its nearest ancestor that has one."""
+        key = tuple(path)
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return self.line
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def read_documents(text: str, *, source: str) -> tuple[list[Document], list[Problem]]:
+    """Split a file into documents; YAML syntax errors and duplicate keys are problems."""
+    documents: list[Document] = []
+    problems: list[Problem] = []
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:  # pragma: no cover - check_node() said there is one
+                break
+            lines: dict[Path, int] = {}
+            _index_lines(node, (), lines, problems, source)
+            raw = loader.construct_document(node)
+            if raw is not None:
+                documents.append(
+                    Document(source=source, raw=raw, lines=lines, line=node.start_mark.line + 1)
+                )
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problems.append(
+            Problem(
+                source=source,
+                path="",
+                line=mark.line + 1 if mark is not None else None,
+                message=f"invalid YAML: {getattr(e, 'problem', None) or e}",
+            )
+        )
+    finally:
+        loader.dispose()
+    return documents, problems
+
+
+def _index_lines(
+    node: yaml.Node, path: Path, lines: dict[Path, int], problems: list[Problem], source: str
+) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                problems.append(
+                    Problem(
+                        source=source,
+                        path=format_path((*path, key)),
+                        line=key_node.start_mark.line + 1,
+                        message="duplicate key",
+                    )
+                )
+            seen.add(key)
+            _index_lines(value_node, (*path, key), lines, problems, source)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*path, index), lines, problems, source)
+
+
+def parse_playbook(raw: Mapping[str, Any], *, source: str, line: int | None = None) -> Playbook:
+    """Build a Playbook from a validated document."""
+    trigger = raw["trigger"]
+    statuses = trigger.get("status", "firing")
+    if isinstance(statuses, str):
+        statuses = [statuses]
+    verify = raw.get("verify")
+    return Playbook(
+        name=raw["name"],
+        source=source,
+        line=line,
+        description=raw.get("description", ""),
+        priority=raw.get("priority", 0),
+        trigger=Trigger(
+            matchers=tuple(matching.parse_matcher(m) for m in trigger["matchers"]),
+            statuses=frozenset(AlertStatus(s) for s in statuses),
+        ),
+        target=raw["target"],
+        dry_run=raw.get("dry_run", False),
+        steps=tuple(_parse_step(s) for s in raw["steps"]),
+        on_failure=tuple(_parse_step(s) for s in raw.get("on_failure", ())),
+        verify=None
+        if verify is None
+        else Verification(
+            checks=tuple(_parse_step(c) for c in verify["checks"]),
+            timeout=durations.parse_duration(verify.get("timeout", 300)),
+            interval=durations.parse_duration(verify.get("interval", 10)),
+        ),
+    )
+
+
+def _parse_step(raw: Mapping[str, Any]) -> Step:
+    retry = raw.get("retry", {})
+    return Step(
+        name=raw["name"],
+        action=raw["action"],
+        params=_freeze(raw.get("params", {})),
+        when=raw.get("when"),
+        expect=raw.get("expect"),
+        timeout=durations.parse_duration(raw.get("timeout", DEFAULT_STEP_TIMEOUT)),
+        retry=RetryPolicy(
+            attempts=retry.get("attempts", 1),
+            backoff=durations.parse_duration(retry.get("backoff", 1)),
+            max_backoff=durations.parse_duration(retry.get("max_backoff", 60)),
+        ),
+    )
+
+
+def _freeze(value: Any) -> Any:
+    """A read-only deep copy, so a playbook cannot be changed through its params."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value

@@ -1,0 +1,149 @@
+"""Decisions about an alert before anything runs: which runs to create and why not.
+
+``plan_admission`` turns one alert into an :class:`~remediator.core.runs.Admission`: the runs
+to queue and the audit events that explain them, including every "not run, because". The store
+applies it atomically, only if the alert is new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from remediator.core import matching, templating
+from remediator.core.alerts import Alert, AlertStatus
+from remediator.core.errors import TemplateError
+from remediator.core.playbooks import Playbook, PlaybookSet, RetryPolicy
+from remediator.core.runs import Admission, AuditEvent, AuditKind, NewRun
+
+MAX_TARGET_LENGTH = 253
+
+
+class NotRun:
+    """Reasons an alert or a candidate run does not run; bounded, so usable as metric labels."""
+
+    NO_MATCHING_PLAYBOOK = "no_matching_playbook"
+    RESOLVED_NO_PLAYBOOK = "resolved_without_playbook"
+    TARGET_UNRENDERABLE = "target_unrenderable"
+    ALERT_RESOLVED = "alert_resolved"
+    DUPLICATE = "duplicate"
+    SHUTDOWN = "shutdown"
+
+
+def alert_context(alert: Alert) -> dict[str, Any]:
+    """The template variables an alert provides (see :mod:`remediator.core.templating`)."""
+    return {"alert": alert.to_json()}
+
+
+def alert_fields(alert: Alert) -> dict[str, Any]:
+    """The fields every audit event about this alert carries."""
+    return {"fingerprint": alert.fingerprint, "alertname": alert.name}
+
+
+def plan_admission(
+    alert: Alert,
+    playbooks: PlaybookSet,
+    *,
+    only_highest: bool,
+    make_run_id: Callable[[], str],
+    dry_run: bool = False,
+) -> Admission:
+    received = AuditEvent(
+        kind=AuditKind.ALERT_RECEIVED,
+        **alert_fields(alert),
+        outcome=str(alert.status),
+        details={"alert": alert.to_json()},
+    )
+    events: list[AuditEvent] = [received]
+    runs: list[NewRun] = []
+    matched = matching.find_matches(alert, playbooks, only_highest=only_highest)
+    if not matched:
+        reason = (
+            NotRun.RESOLVED_NO_PLAYBOOK
+            if alert.status is AlertStatus.RESOLVED
+            else NotRun.NO_MATCHING_PLAYBOOK
+        )
+        events.append(
+            AuditEvent(kind=AuditKind.ALERT_NOT_RUN, **alert_fields(alert), reason=reason)
+        )
+    for playbook in matched:
+        target, error = render_target(playbook, alert)
+        if target is None:
+            events.append(
+                AuditEvent(
+                    kind=AuditKind.ALERT_NOT_RUN,
+                    **alert_fields(alert),
+                    playbook=playbook.name,
+                    reason=NotRun.TARGET_UNRENDERABLE,
+                    details={"error": error},
+                )
+            )
+            continue
+        run = NewRun(
+            run_id=make_run_id(),
+            playbook=playbook.name,
+            target=target,
+            dry_run=dry_run or playbook.dry_run,
+        )
+        runs.append(run)
+        events.append(
+            AuditEvent(
+                kind=AuditKind.RUN_QUEUED,
+                run_id=run.run_id,
+                **alert_fields(alert),
+                playbook=playbook.name,
+                target=target,
+                details={"dry_run": run.dry_run},
+            )
+        )
+    return Admission(
+        key=alert.key,
+        alert=alert.to_json(),
+        runs=tuple(runs),
+        events=tuple(events),
+        cancel_queued_runs=alert.status is AlertStatus.RESOLVED,
+    )
+
+
+def render_target(playbook: Playbook, alert: Alert) -> tuple[str | None, str]:
+    """The rendered target, or None and why it could not be rendered."""
+    try:
+        target = templating.render(playbook.target, alert_context(alert)).strip()
+    except TemplateError as e:
+        return None, str(e)
+    if not target:
+        return None, "target rendered empty"
+    if len(target) > MAX_TARGET_LENGTH:
+        return None, f"target longer than {MAX_TARGET_LENGTH} characters"
+    return target, ""
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int, *, jitter: float) -> float:
+    """Seconds to wait after failed try number ``attempt`` (1-based).
+
+    Exponential with "equal jitter": at least half the nominal delay, so retries never collapse
+    to zero, and at most the nominal delay, so a herd of runs spreads out. ``jitter`` is in [0, 1).
+    """
+    nominal: float = min(policy.max_backoff, policy.backoff * 2.0 ** (attempt - 1))
+    return nominal / 2 + nominal / 2 * jitter
+
+
+def summarize(value: Any, *, max_items: int = 20, max_text: int = 512) -> Any:
+    """A bounded copy of an action's output for the audit log and the API."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        out = {
+            str(k): summarize(v, max_items=max_items, max_text=max_text)
+            for k, v in items[:max_items]
+        }
+        if len(items) > max_items:
+            out["…"] = f"{len(items) - max_items} more"
+        return out
+    if isinstance(value, list | tuple):
+        head = [summarize(v, max_items=max_items, max_text=max_text) for v in value[:max_items]]
+        if len(value) > max_items:
+            head.append(f"… {len(value) - max_items} more")
+        return head
+    if isinstance(value, str) and len(value) > max_text:
+        return value[:max_text] + "…"
+    return value

@@ -1,0 +1,171 @@
+"""Runs, step results and audit records: the durable facts of what remediator did and why."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from remediator.core.alerts import DedupeKey
+
+T = TypeVar("T")
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNVERIFIED = "unverified"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    REJECTED = "rejected"
+
+    @property
+    def finished(self) -> bool:
+        return self not in {RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL}
+
+
+class StepOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    """``when:`` was false."""
+    DRY_RUN = "dry_run"
+    """A mutating step that only reported what it would do."""
+    TIMED_OUT = "timed_out"
+
+
+class AuditKind(enum.StrEnum):
+    ALERT_RECEIVED = "alert_received"
+    ALERT_DUPLICATE = "alert_duplicate"
+    ALERT_NOT_RUN = "alert_not_run"
+    """No run for this alert, with ``reason`` (no playbook matched, refused by safety, …)."""
+    RUN_QUEUED = "run_queued"
+    RUN_CANCELLED = "run_cancelled"
+    RUN_STARTED = "run_started"
+    STEP_FINISHED = "step_finished"
+    VERIFICATION_FINISHED = "verification_finished"
+    RUN_FINISHED = "run_finished"
+    RUN_INTERRUPTED = "run_interrupted"
+    PLAYBOOKS_LOADED = "playbooks_loaded"
+    PLAYBOOKS_RELOAD_FAILED = "playbooks_reload_failed"
+    DAEMON_STARTED = "daemon_started"
+    DAEMON_STOPPED = "daemon_stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    """One decision or fact, as submitted; the store adds seq, time and the hash chain."""
+
+    kind: AuditKind
+    run_id: str | None = None
+    fingerprint: str | None = None
+    alertname: str | None = None
+    playbook: str | None = None
+    target: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    """JSON-serialisable; secrets must already be redacted."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    seq: int
+    time: float
+    """Wall-clock epoch seconds."""
+    event: AuditEvent
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRun:
+    """A run to create in the same transaction that accepts its alert."""
+
+    run_id: str
+    playbook: str
+    target: str
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admission:
+    """Everything intake decided about one alert, applied atomically if the alert is new.
+
+    If ``key`` was seen before, nothing here is written except an ``alert_duplicate`` record.
+    """
+
+    key: DedupeKey
+    alert: Mapping[str, Any]
+    """The alert in Alertmanager's JSON shape."""
+    runs: tuple[NewRun, ...] = ()
+    events: tuple[AuditEvent, ...] = ()
+    cancel_queued_runs: bool = False
+    """A resolved alert: cancel this fingerprint's runs that have not started."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdmissionResult:
+    key: DedupeKey
+    duplicate: bool
+    created_runs: tuple[str, ...] = ()
+    cancelled_runs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
+    run_id: str
+    playbook: str
+    target: str
+    status: RunStatus
+    fingerprint: str
+    alertname: str
+    alert: Mapping[str, Any]
+    created_at: float
+    dry_run: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    run_id: str
+    index: int
+    """Order within the run, across phases."""
+    phase: str
+    name: str
+    action: str
+    outcome: StepOutcome
+    params: Mapping[str, Any]
+    """Rendered, with secrets redacted."""
+    attempts: int
+    duration: float
+    started_at: float
+    error: str | None = None
+    output: Mapping[str, Any] = field(default_factory=dict)
+    """A bounded summary of what the action returned."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFilter:
+    since: float | None = None
+    until: float | None = None
+    playbook: str | None = None
+    target: str | None = None
+    outcome: str | None = None
+    """For runs: the status; for audit: the record's outcome."""
+    alertname: str | None = None
+    kind: str | None = None
+    """Audit records only."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page(Generic[T]):
+    items: tuple[T, ...]
+    next_cursor: str | None
+    """Opaque; pass back to get the following page. None on the last page."""

@@ -1,0 +1,171 @@
+"""The playbook JSON Schema: the structural contract shared by the daemon and editors.
+
+``playbook_schema()`` is what the daemon validates against; ``playbook_schema(catalog)`` adds
+each action's params (generated from its dataclass) for editors, and is committed as
+``remediator/schemas/playbook.schema.json`` (a test keeps the file and the code in step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remediator.core import params
+from remediator.core.actions import ActionCatalog
+
+SCHEMA_ID = "https://remediator.dev/schemas/playbook.schema.json"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
+
+_DURATION: dict[str, Any] = {
+    "description": "Seconds, or a duration such as '500ms', '30s', '5m', '1h30m'.",
+    "oneOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": DURATION_PATTERN},
+    ],
+}
+_RETRY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "attempts": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 20,
+            "description": "Total tries, including the first.",
+        },
+        "backoff": {**_DURATION, "description": "Delay before the second try; doubles, jittered."},
+        "max_backoff": {**_DURATION, "description": "Upper bound of one delay."},
+    },
+}
+
+
+def _step(*, check: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "name": {
+            "type": "string",
+            "pattern": r"^[a-z_][a-z0-9_]*$",
+            "description": "Unique in the playbook; later steps read `steps.<name>.output`.",
+        },
+        "action": {"type": "string", "description": "A registered action, e.g. `log`."},
+        "params": {
+            "type": "object",
+            "description": "The action's params; strings may be templates.",
+        },
+        "when": {
+            "type": "string",
+            "description": "Expression (no braces); the step is skipped when false.",
+        },
+        "timeout": {**_DURATION, "description": "Per attempt. Default 30s."},
+        "retry": _RETRY,
+    }
+    if check:
+        properties["expect"] = {
+            "type": "string",
+            "description": "Expression over `output` that must be true for the check to hold.",
+        }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "action"],
+        "properties": properties,
+    }
+
+
+def playbook_schema(catalog: ActionCatalog | None = None) -> dict[str, Any]:
+    step = _step(check=False)
+    check = _step(check=True)
+    schema: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "remediator playbook",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "trigger", "target", "steps"],
+        "properties": {
+            "name": {
+                "type": "string",
+                "pattern": NAME_PATTERN,
+                "description": "Unique across all playbooks; lowercase DNS-label style.",
+            },
+            "description": {"type": "string"},
+            "priority": {
+                "type": "integer",
+                "description": "Higher wins when only one playbook may run per alert.",
+            },
+            "trigger": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["matchers"],
+                "properties": {
+                    "matchers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string"},
+                        "description": "Alertmanager matchers, all must hold: "
+                        'alertname="StoreDown", severity=~"critical|warning".',
+                    },
+                    "status": {
+                        "description": "Alert statuses that trigger a run. Default: firing.",
+                        "oneOf": [
+                            {"enum": ["firing", "resolved"]},
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "uniqueItems": True,
+                                "items": {"enum": ["firing", "resolved"]},
+                            },
+                        ],
+                    },
+                },
+            },
+            "target": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Template of what the playbook acts on, e.g. "
+                "'store-{{ alert.labels.store_id }}'. One run per target.",
+            },
+            "dry_run": {
+                "type": "boolean",
+                "description": "Mutating steps of this playbook only report what they would do.",
+            },
+            "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/step"}},
+            "on_failure": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/step"},
+                "description": "Escalation, run when a step fails or verification does not hold.",
+            },
+            "verify": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["checks"],
+                "properties": {
+                    "timeout": {**_DURATION, "description": "Deadline for all checks to hold."},
+                    "interval": {**_DURATION, "description": "Pause between rounds of checks."},
+                    "checks": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/check"}},
+                },
+            },
+        },
+        "$defs": {"step": step, "check": check, "duration": _DURATION},
+    }
+    if catalog is not None:
+        _add_action_params(schema, catalog)
+    return schema
+
+
+def _add_action_params(schema: dict[str, Any], catalog: ActionCatalog) -> None:
+    names = catalog.names()
+    branches: list[dict[str, Any]] = []
+    for name in names:
+        spec = catalog.spec(name)
+        assert spec is not None  # noqa: S101 - names() and spec() come from one registry
+        described = params.describe(spec.params)
+        branches.append(
+            {
+                "if": {"properties": {"action": {"const": name}}, "required": ["action"]},
+                "then": {"properties": {"params": described}},
+            }
+        )
+    for definition in ("step", "check"):
+        body = schema["$defs"][definition]
+        body["properties"]["action"]["enum"] = names
+        body["allOf"] = branches

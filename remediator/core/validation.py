@@ -1,0 +1,195 @@
+"""Every problem in a set of playbooks, located as ``file:line: path: message``.
+
+Structure is checked against the JSON Schema (the same one editors use), then the meaning:
+matchers, templates, actions and their typed params, unique names. All problems are collected,
+never just the first, so an author fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jsonschema
+
+from remediator.core import matching, params, parsing, schema, templating
+from remediator.core.actions import ActionCatalog
+from remediator.core.errors import PlaybookError, Problem, TemplateError
+from remediator.core.parsing import Document
+from remediator.core.playbooks import Playbook, PlaybookSet
+
+_STRUCTURE = jsonschema.Draft202012Validator(schema.playbook_schema())
+
+
+def validate(doc: Document, catalog: ActionCatalog) -> list[Problem]:
+    problems = _structural(doc)
+    if isinstance(doc.raw, Mapping):
+        problems.extend(_semantic(doc, doc.raw, catalog))
+    return sorted(problems, key=lambda p: (p.line or 0, p.path))
+
+
+def load_set(files: Mapping[str, str], catalog: ActionCatalog, *, digest: str = "") -> PlaybookSet:
+    """Parse and validate whole files; raise :class:`PlaybookError` with every problem."""
+    problems: list[Problem] = []
+    playbooks: list[Playbook] = []
+    for source, text in sorted(files.items()):
+        documents, syntax = parsing.read_documents(text, source=source)
+        problems.extend(syntax)
+        for doc in documents:
+            found = validate(doc, catalog)
+            problems.extend(found)
+            if not found:
+                playbooks.append(parsing.parse_playbook(doc.raw, source=source, line=doc.line))
+    problems.extend(_duplicates(playbooks))
+    if problems:
+        raise PlaybookError(problems)
+    return PlaybookSet(playbooks=tuple(playbooks), digest=digest)
+
+
+def _structural(doc: Document) -> list[Problem]:
+    problems = []
+    for error in _STRUCTURE.iter_errors(doc.raw):
+        path = tuple(error.absolute_path)
+        message = error.message
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            allowed = set(error.schema.get("properties", {}))
+            for key in error.instance:
+                if key not in allowed:
+                    hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                    suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+                    problems.append(_problem(doc, (*path, key), f"unknown key{suffix}"))
+            continue
+        if error.validator == "oneOf" and "pattern" in str(error.schema):
+            message = f"{error.instance!r} is not a duration such as '30s', '5m' or 10"
+        problems.append(_problem(doc, path, message))
+    return problems
+
+
+def _semantic(doc: Document, raw: Mapping[str, Any], catalog: ActionCatalog) -> list[Problem]:
+    problems: list[Problem] = []
+    trigger = raw.get("trigger")
+    if isinstance(trigger, Mapping) and isinstance(trigger.get("matchers"), list):
+        for i, text in enumerate(trigger["matchers"]):
+            if isinstance(text, str):
+                try:
+                    matching.parse_matcher(text)
+                except ValueError as e:
+                    problems.append(_problem(doc, ("trigger", "matchers", i), f"bad matcher: {e}"))
+    target = raw.get("target")
+    if isinstance(target, str):
+        problems.extend(_template(doc, ("target",), target, expression=False))
+    seen: dict[str, tuple[str | int, ...]] = {}
+    path: tuple[str | int, ...]
+    for phase_path, steps in _phases(raw):
+        for i, step in enumerate(steps):
+            if isinstance(step, Mapping):
+                path = (*phase_path, i)
+                problems.extend(_step(doc, path, step, catalog, check=phase_path[0] == "verify"))
+                name = step.get("name")
+                if isinstance(name, str):
+                    if name in seen:
+                        first = parsing.format_path(seen[name])
+                        problems.append(
+                            _problem(
+                                doc,
+                                (*path, "name"),
+                                f"duplicate step name {name!r} (first used at {first})",
+                            )
+                        )
+                    seen.setdefault(name, path)
+    return problems
+
+
+def _phases(raw: Mapping[str, Any]) -> Iterable[tuple[tuple[str | int, ...], list[Any]]]:
+    for key in ("steps", "on_failure"):
+        if isinstance(raw.get(key), list):
+            yield (key,), raw[key]
+    verify = raw.get("verify")
+    if isinstance(verify, Mapping) and isinstance(verify.get("checks"), list):
+        yield ("verify", "checks"), verify["checks"]
+
+
+def _step(
+    doc: Document,
+    path: tuple[str | int, ...],
+    step: Mapping[str, Any],
+    catalog: ActionCatalog,
+    *,
+    check: bool,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for key in ("when", "expect"):
+        if isinstance(step.get(key), str):
+            problems.extend(_template(doc, (*path, key), step[key], expression=True))
+    action = step.get("action")
+    if not isinstance(action, str):
+        return problems
+    spec = catalog.spec(action)
+    if spec is None:
+        hint = difflib.get_close_matches(action, catalog.names(), n=1)
+        suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+        problems.append(_problem(doc, (*path, "action"), f"unknown action {action!r}{suffix}"))
+        return problems
+    if check and spec.mutating and spec.mutating_when is None:
+        problems.append(
+            _problem(
+                doc,
+                (*path, "action"),
+                f"{action!r} changes things; verify checks must be read-only",
+            )
+        )
+    raw_params = step.get("params", {})
+    if isinstance(raw_params, Mapping):
+        for found in params.check(spec.params, raw_params, path="params"):
+            sub = tuple(_split_path(found.path))
+            problems.append(_problem(doc, (*path, *sub), found.message))
+    return problems
+
+
+def _template(
+    doc: Document, path: tuple[str | int, ...], source: str, *, expression: bool
+) -> list[Problem]:
+    try:
+        if expression:
+            templating.check_expression(source)
+        else:
+            templating.check_template(source)
+    except TemplateError as e:
+        return [_problem(doc, path, f"bad template: {e}")]
+    return []
+
+
+def _duplicates(playbooks: list[Playbook]) -> list[Problem]:
+    first: dict[str, Playbook] = {}
+    problems = []
+    for playbook in playbooks:
+        earlier = first.setdefault(playbook.name, playbook)
+        if earlier is not playbook:
+            problems.append(
+                Problem(
+                    source=playbook.source,
+                    line=playbook.line,
+                    path="name",
+                    message=f"duplicate playbook name {playbook.name!r} "
+                    f"(also in {earlier.source}:{earlier.line})",
+                )
+            )
+    return problems
+
+
+def _split_path(dotted: str) -> list[str | int]:
+    """``params.items[2].name`` → ["params", "items", 2, "name"]."""
+    parts: list[str | int] = []
+    for chunk in dotted.replace("]", "").split("."):
+        name, *indexes = chunk.split("[")
+        if name:
+            parts.append(name)
+        parts.extend(int(i) for i in indexes if i.isdigit())
+    return parts
+
+
+def _problem(doc: Document, path: tuple[str | int, ...], message: str) -> Problem:
+    return Problem(
+        source=doc.source, path=parsing.format_path(path), line=doc.line_of(path), message=message
+    )

@@ -1,0 +1,1 @@
+"""The engine: queueing runs, executing their steps through actions, verifying the result."""

@@ -1,0 +1,117 @@
+"""Admission: a validated webhook's alerts become durable, deduplicated, queued runs.
+
+The order matters for the delivery guarantee: plan (pure), reserve queue room, write dedupe
+keys + runs + audit in one transaction, then enqueue. Only after that may the HTTP layer answer
+2xx. If there is no room nothing is written and the caller answers 503, so Alertmanager's retry
+is not mistaken for a duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from remediator.adapters import metrics, state
+from remediator.core import planning
+from remediator.core.alerts import Webhook
+from remediator.core.playbooks import PlaybookSet
+from remediator.core.runs import Admission, AdmissionResult
+from remediator.engine import scheduling
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admitted:
+    results: tuple[AdmissionResult, ...]
+
+    @property
+    def duplicates(self) -> int:
+        return sum(r.duplicate for r in self.results)
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return tuple(run for r in self.results for run in r.created_runs)
+
+
+class QueueFullError(Exception):
+    """No room for this payload's runs; nothing was recorded."""
+
+
+def new_run_id() -> str:
+    # uuid7-like ordering is not needed: runs are ordered by created_at; uuid4 hex is unguessable.
+    return uuid.uuid4().hex
+
+
+class Admitter:
+    def __init__(
+        self,
+        *,
+        store: state.StateStore,
+        scheduler: scheduling.Scheduler,
+        metrics: metrics.Metrics,
+        playbooks: Callable[[], PlaybookSet],
+        only_highest: bool,
+        dry_run: bool,
+        clock: Callable[[], float] = time.time,
+        make_run_id: Callable[[], str] = new_run_id,
+    ) -> None:
+        self._store = store
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._playbooks = playbooks
+        self._only_highest = only_highest
+        self._dry_run = dry_run
+        self._clock = clock
+        self._make_run_id = make_run_id
+
+    async def admit(self, webhook: Webhook) -> Admitted:
+        playbooks = self._playbooks()
+        admissions = [
+            planning.plan_admission(
+                alert,
+                playbooks,
+                only_highest=self._only_highest,
+                make_run_id=self._make_run_id,
+                dry_run=self._dry_run,
+            )
+            for alert in webhook.alerts
+        ]
+        wanted = sum(len(a.runs) for a in admissions)
+        reservation = self._scheduler.reserve(wanted)
+        if reservation is None:
+            self._metrics.runs_not_started.labels(reason="queue_full").inc(wanted)
+            raise QueueFullError(f"no room for {wanted} runs")
+        try:
+            results = await self._store.admit(admissions, now=self._clock())
+        except BaseException:
+            reservation.release()
+            raise
+        targets = {run.run_id: run.target for a in admissions for run in a.runs}
+        reservation.commit(
+            scheduling.QueuedRun(run_id=run_id, target=targets[run_id])
+            for result in results
+            for run_id in result.created_runs
+        )
+        cancelled = [run_id for r in results for run_id in r.cancelled_runs]
+        self._scheduler.discard(cancelled)
+        self._count(admissions, results)
+        return Admitted(results=tuple(results))
+
+    def _count(self, admissions: list[Admission], results: list[AdmissionResult]) -> None:
+        for admission, result in zip(admissions, results, strict=True):
+            self._metrics.alerts_received.labels(status=str(admission.key.status)).inc()
+            if result.duplicate:
+                self._metrics.alerts_duplicate.inc()
+                continue
+            for event in admission.events:
+                if event.reason:
+                    self._metrics.runs_not_started.labels(reason=event.reason).inc()
+            if result.cancelled_runs:
+                self._metrics.runs_not_started.labels(reason=planning.NotRun.ALERT_RESOLVED).inc(
+                    len(result.cancelled_runs)
+                )

@@ -1,0 +1,391 @@
+"""Execute one run: its steps through actions, its verification, its escalation.
+
+For each step: evaluate ``when``, render params, build the typed params, honour dry-run, call
+the action under a timeout with retries and jittered backoff, record the step and its audit
+event. Then verify until a deadline; a failed or unverified run runs ``on_failure``.
+Errors of one step never escape the run: they become outcomes, audited and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from remediator.adapters import metrics, state
+from remediator.core import params, planning, redaction, templating
+from remediator.core.errors import PermanentStepError, StepError, TemplateError, TemporaryStepError
+from remediator.core.playbooks import Phase, Playbook, PlaybookSet, Step
+from remediator.core.runs import (
+    AuditEvent,
+    AuditKind,
+    RunRecord,
+    RunStatus,
+    StepOutcome,
+    StepRecord,
+)
+from remediator.engine.actions.registry import ActionContext, ActionRegistry, Resources
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class StepResult:
+    outcome: StepOutcome
+    output: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (StepOutcome.SUCCEEDED, StepOutcome.SKIPPED, StepOutcome.DRY_RUN)
+
+
+@dataclass(slots=True, kw_only=True)
+class _RunState:
+    """What one run accumulates while it executes."""
+
+    run: RunRecord
+    playbook: Playbook
+    context: dict[str, Any]
+    index: int = 0
+
+    def event(self, kind: AuditKind, **fields: Any) -> AuditEvent:
+        return AuditEvent(
+            kind=kind,
+            run_id=self.run.run_id,
+            fingerprint=self.run.fingerprint,
+            alertname=self.run.alertname,
+            playbook=self.run.playbook,
+            target=self.run.target,
+            **fields,
+        )
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        registry: ActionRegistry,
+        store: state.StateStore,
+        resources: Resources,
+        metrics: metrics.Metrics,
+        playbooks: Callable[[], PlaybookSet],
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._resources = resources
+        self._metrics = metrics
+        self._playbooks = playbooks
+        self._clock = clock
+        self._jitter = jitter
+
+    async def execute(self, run_id: str) -> RunStatus | None:
+        """Claim and run one queued run; None if it was no longer queued (e.g. cancelled)."""
+        run = await self._store.claim_run(run_id, now=self._clock())
+        if run is None:
+            return None
+        with structlog.contextvars.bound_contextvars(
+            run_id=run.run_id,
+            playbook=run.playbook,
+            target=run.target,
+            fingerprint=run.fingerprint,
+        ):
+            playbook = self._playbooks().by_name(run.playbook)
+            if playbook is None:
+                return await self._finish(
+                    run,
+                    RunStatus.FAILED,
+                    started=self._clock(),
+                    error="playbook is no longer loaded",
+                )
+            started = self._clock()
+            try:
+                status, error = await self._execute(run, playbook)
+            except asyncio.CancelledError:
+                # Shutdown after the grace period: the run is recorded as interrupted, then
+                # the cancellation continues so the daemon can exit.
+                await self._finish(
+                    run, RunStatus.INTERRUPTED, started=started, error="interrupted by shutdown"
+                )
+                raise
+            return await self._finish(run, status, started=started, error=error)
+
+    async def _execute(self, run: RunRecord, playbook: Playbook) -> tuple[RunStatus, str | None]:
+        run_state = _RunState(
+            run=run,
+            playbook=playbook,
+            context={
+                "alert": dict(run.alert),
+                "target": run.target,
+                "playbook": playbook.name,
+                "run": {"id": run.run_id, "dry_run": run.dry_run},
+                "steps": {},
+            },
+        )
+        await self._store.append_audit(
+            [run_state.event(AuditKind.RUN_STARTED, details={"dry_run": run.dry_run})],
+            now=self._clock(),
+        )
+        status, error = RunStatus.SUCCEEDED, None
+        for step in playbook.steps:
+            result = await self._step(run_state, Phase.STEPS, step)
+            if not result.ok:
+                status, error = RunStatus.FAILED, f"step {step.name!r}: {result.error}"
+                break
+        verified = playbook.verify is None or (
+            status is RunStatus.SUCCEEDED and await self._verify(run_state)
+        )
+        if status is RunStatus.SUCCEEDED and not verified:
+            status, error = RunStatus.UNVERIFIED, "verification did not hold by its deadline"
+        if status is not RunStatus.SUCCEEDED and playbook.on_failure:
+            run_state.context["run"] = {
+                **run_state.context["run"],
+                "status": str(status),
+                "error": error,
+            }
+            for step in playbook.on_failure:
+                await self._step(run_state, Phase.ON_FAILURE, step)
+        return status, error
+
+    async def _verify(self, run_state: _RunState) -> bool:
+        verify = run_state.playbook.verify
+        assert verify is not None  # noqa: S101 - caller checked
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + verify.timeout
+        rounds = 0
+        while True:
+            rounds += 1
+            last_round = loop.time() + verify.interval >= deadline
+            holding = []
+            for check in verify.checks:
+                remaining = max(0.001, deadline - loop.time())
+                result = await self._step(
+                    run_state,
+                    Phase.VERIFY,
+                    check,
+                    time_limit=min(check.timeout, remaining),
+                    record=False,
+                    retry=False,
+                )
+                holds = result.ok and self._expectation_holds(check, result, run_state)
+                holding.append(
+                    {
+                        "check": check.name,
+                        "holds": holds,
+                        "error": result.error,
+                        "output": planning.summarize(result.output),
+                    }
+                )
+                if not holds and not last_round:
+                    break
+            passed = all(h["holds"] for h in holding) and len(holding) == len(verify.checks)
+            if passed or last_round:
+                outcome = "passed" if passed else "failed"
+                await self._store.append_audit(
+                    [
+                        run_state.event(
+                            AuditKind.VERIFICATION_FINISHED,
+                            outcome=outcome,
+                            details={"rounds": rounds, "checks": holding},
+                        )
+                    ],
+                    now=self._clock(),
+                )
+                return passed
+            await asyncio.sleep(min(verify.interval, max(0.0, deadline - loop.time())))
+
+    def _expectation_holds(self, check: Step, result: StepResult, run_state: _RunState) -> bool:
+        if check.expect is None:
+            return True
+        try:
+            value = templating.evaluate(
+                check.expect, {**run_state.context, "output": result.output}
+            )
+        except TemplateError as e:
+            result.error = f"expect: {e}"
+            return False
+        if not value:
+            result.error = f"expectation not met: {check.expect}"
+        return bool(value)
+
+    async def _step(
+        self,
+        run_state: _RunState,
+        phase: Phase,
+        step: Step,
+        *,
+        time_limit: float | None = None,
+        record: bool = True,
+        retry: bool = True,
+    ) -> StepResult:
+        started = self._clock()
+        loop = asyncio.get_running_loop()
+        begun = loop.time()
+        action = self._registry.get(step.action)
+        rendered: Mapping[str, Any] = {}
+        with structlog.contextvars.bound_contextvars(step=step.name, action=step.action):
+            try:
+                if step.when is not None and not templating.evaluate(step.when, run_state.context):
+                    result = StepResult(outcome=StepOutcome.SKIPPED)
+                else:
+                    rendered = templating.render_params(dict(step.params), run_state.context)
+                    typed = params.build(action.spec.params, rendered)
+                    rendered = params.to_json(typed)
+                    result = await self._perform(
+                        run_state, step, typed, time_limit=time_limit or step.timeout, retry=retry
+                    )
+            except (TemplateError, PermanentStepError) as e:
+                result = StepResult(outcome=StepOutcome.FAILED, error=str(e), attempts=0)
+            duration = loop.time() - begun
+            secrets = self._resources.secrets
+            result.error = (
+                redaction.redact_text(result.error, secrets=secrets) if result.error else None
+            )
+            run_state.context["steps"][step.name] = {
+                "outcome": str(result.outcome),
+                "output": result.output,
+            }
+            self._metrics.step_finished(
+                playbook=run_state.playbook.name,
+                action=step.action,
+                outcome=str(result.outcome),
+                duration=duration,
+            )
+            if record:
+                await self._record_step(run_state, phase, step, result, rendered, started, duration)
+            log.info(
+                "step_finished",
+                phase=str(phase),
+                outcome=str(result.outcome),
+                error=result.error,
+                duration=round(duration, 3),
+            )
+        return result
+
+    async def _perform(
+        self, run_state: _RunState, step: Step, typed: Any, *, time_limit: float, retry: bool
+    ) -> StepResult:
+        action = self._registry.get(step.action)
+        spec = action.spec
+        dry_run = run_state.run.dry_run
+        if dry_run and spec.is_mutating(typed) and not spec.supports_dry_run:
+            return StepResult(outcome=StepOutcome.DRY_RUN, output={"would": action.preview(typed)})
+        loop = asyncio.get_running_loop()
+        attempts = step.retry.attempts if retry else 1
+        for attempt in range(1, attempts + 1):
+            context = ActionContext(
+                resources=self._resources,
+                dry_run=dry_run,
+                run_id=run_state.run.run_id,
+                playbook=run_state.playbook.name,
+                target=run_state.run.target,
+                deadline=loop.time() + time_limit,
+                log=log,
+            )
+            delay: float | None = None
+            try:
+                async with asyncio.timeout(time_limit):
+                    output = await action.run(typed, context)
+                outcome = (
+                    StepOutcome.DRY_RUN
+                    if dry_run and spec.is_mutating(typed)
+                    else StepOutcome.SUCCEEDED
+                )
+                return StepResult(outcome=outcome, output=dict(output), attempts=attempt)
+            except TimeoutError:
+                error, outcome = f"timed out after {time_limit:g}s", StepOutcome.TIMED_OUT
+            except TemporaryStepError as e:
+                error, outcome, delay = str(e), StepOutcome.FAILED, e.delay
+            except StepError as e:
+                return StepResult(outcome=StepOutcome.FAILED, error=str(e), attempts=attempt)
+            except Exception as e:  # a bug in an action must fail the step, not the daemon
+                log.exception("action_crashed")
+                return StepResult(
+                    outcome=StepOutcome.FAILED,
+                    error=f"{type(e).__name__}: {redaction.truncate(str(e))}",
+                    attempts=attempt,
+                )
+            if attempt == attempts:
+                return StepResult(outcome=outcome, error=error, attempts=attempt)
+            pause = (
+                delay
+                if delay is not None
+                else planning.backoff_delay(step.retry, attempt, jitter=self._jitter())
+            )
+            log.info("step_retrying", attempt=attempt, error=error, delay=round(pause, 3))
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    async def _record_step(
+        self,
+        run_state: _RunState,
+        phase: Phase,
+        step: Step,
+        result: StepResult,
+        rendered: Mapping[str, Any],
+        started: float,
+        duration: float,
+    ) -> None:
+        secrets = self._resources.secrets
+        safe_params = redaction.redact(dict(rendered), secrets=secrets)
+        safe_output = redaction.redact(planning.summarize(result.output), secrets=secrets)
+        record = StepRecord(
+            run_id=run_state.run.run_id,
+            index=run_state.index,
+            phase=str(phase),
+            name=step.name,
+            action=step.action,
+            outcome=result.outcome,
+            params=safe_params,
+            attempts=result.attempts,
+            duration=duration,
+            started_at=started,
+            error=result.error,
+            output=safe_output,
+        )
+        run_state.index += 1
+        event = run_state.event(
+            AuditKind.STEP_FINISHED,
+            outcome=str(result.outcome),
+            reason=result.error,
+            details={
+                "step": step.name,
+                "phase": str(phase),
+                "action": step.action,
+                "params": safe_params,
+                "attempts": result.attempts,
+                "duration": round(duration, 3),
+                "output": safe_output,
+            },
+        )
+        await self._store.record_step(record, events=[event])
+
+    async def _finish(
+        self, run: RunRecord, status: RunStatus, *, started: float, error: str | None
+    ) -> RunStatus:
+        now = self._clock()
+        event = AuditEvent(
+            kind=AuditKind.RUN_FINISHED,
+            run_id=run.run_id,
+            fingerprint=run.fingerprint,
+            alertname=run.alertname,
+            playbook=run.playbook,
+            target=run.target,
+            outcome=str(status),
+            reason=error,
+            details={"duration": round(now - started, 3)},
+        )
+        await self._store.finish_run(run.run_id, status, now=now, error=error, events=[event])
+        self._metrics.run_finished(
+            playbook=run.playbook, outcome=str(status), duration=now - started
+        )
+        log.info("run_finished", outcome=str(status), error=error)
+        return status

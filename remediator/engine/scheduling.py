@@ -1,0 +1,153 @@
+"""The bounded run queue: capacity for backpressure, one run per target, a concurrency cap.
+
+Intake reserves room *before* it acknowledges an alert, so an acknowledged alert always has a
+place: when there is no room the webhook answers 503 and Alertmanager retries. Runs whose
+target is busy wait while other targets' runs go ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRun:
+    run_id: str
+    target: str
+
+
+class Reservation:
+    """Room for up to ``size`` runs, held between the capacity check and the durable write."""
+
+    def __init__(self, scheduler: Scheduler, size: int) -> None:
+        self._scheduler = scheduler
+        self.size = size
+
+    def commit(self, runs: Iterable[QueuedRun]) -> None:
+        """Enqueue the runs actually created; unused room is given back."""
+        self._scheduler._commit(self, list(runs))
+
+    def release(self) -> None:
+        self._scheduler._release(self)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        concurrency: int,
+        execute: Callable[[str], Awaitable[object]],
+    ) -> None:
+        self._capacity = capacity
+        self._concurrency = concurrency
+        self._execute = execute
+        self._pending: OrderedDict[str, QueuedRun] = OrderedDict()
+        self._reserved = 0
+        self._busy_targets: set[str] = set()
+        self._running: dict[asyncio.Task[None], QueuedRun] = {}
+        self._accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def depth(self) -> int:
+        """Runs waiting to start."""
+        return len(self._pending)
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    def reserve(self, size: int) -> Reservation | None:
+        """Room for ``size`` more runs, or None when full or shutting down."""
+        if not self._accepting or len(self._pending) + self._reserved + size > self._capacity:
+            return None
+        self._reserved += size
+        return Reservation(self, size)
+
+    def restore(self, runs: Iterable[QueuedRun]) -> None:
+        """Re-enqueue runs recovered from the store at start-up, ignoring capacity."""
+        for run in runs:
+            self._pending[run.run_id] = run
+        self._dispatch()
+
+    def discard(self, run_ids: Iterable[str]) -> None:
+        """Drop queued runs that were cancelled (their store rows already say so)."""
+        for run_id in run_ids:
+            self._pending.pop(run_id, None)
+        self._update_idle()
+
+    def _commit(self, reservation: Reservation, runs: list[QueuedRun]) -> None:
+        self._release(reservation)
+        for run in runs:
+            self._pending[run.run_id] = run
+        self._dispatch()
+
+    def _release(self, reservation: Reservation) -> None:
+        self._reserved -= reservation.size
+        reservation.size = 0
+
+    def _dispatch(self) -> None:
+        if not self._accepting:
+            return
+        for run_id, run in list(self._pending.items()):
+            if len(self._running) >= self._concurrency:
+                break
+            if run.target in self._busy_targets:
+                continue
+            del self._pending[run_id]
+            self._busy_targets.add(run.target)
+            task = asyncio.create_task(self._run(run), name=f"run-{run_id}")
+            self._running[task] = run
+            task.add_done_callback(self._finished)
+        self._update_idle()
+
+    async def _run(self, run: QueuedRun) -> None:
+        try:
+            await self._execute(run.run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the executor audits its own failures; this guards the scheduler
+            log.exception("run_crashed", run_id=run.run_id)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        run = self._running.pop(task)
+        self._busy_targets.discard(run.target)
+        self._dispatch()
+        self._update_idle()
+
+    def _update_idle(self) -> None:
+        if self._running or (self._pending and self._accepting):
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until nothing runs and nothing waits (tests and the demo use this)."""
+        await self._idle.wait()
+
+    async def drain(self, grace: float) -> list[str]:
+        """Stop starting runs; give running ones ``grace`` seconds, then cancel them.
+
+        Returns the run ids that were still queued; they stay queued in the store and start
+        after the next start-up.
+        """
+        self._accepting = False
+        self._update_idle()
+        if self._running:
+            _, late = await asyncio.wait(list(self._running), timeout=grace)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return list(self._pending)

@@ -1,0 +1,283 @@
+"""Wiring and lifecycle: build every part once, start, serve, reload, and shut down cleanly.
+
+Start-up order guarantees that nothing acknowledged is lost: the store opens and recovers
+(runs interrupted by a crash are marked, queued runs are re-enqueued) before the listener
+accepts a single webhook. Shutdown reverses it: stop accepting, drain within the grace period,
+record what was interrupted, close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from remediator import __version__
+from remediator.adapters import auditing, loading, metrics, prometheus, state
+from remediator.config import LoggingSettings, Settings, read_token
+from remediator.core.errors import ConfigError, Problem
+from remediator.core.runs import AuditEvent, AuditKind
+from remediator.engine import admitting, executing, reloading, scheduling
+from remediator.engine.actions import registry
+from remediator.web import intake
+from remediator.web.services import Services
+
+log = structlog.get_logger(__name__)
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    level = getattr(logging, settings.level.upper())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if settings.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tokens:
+    webhook: str | None
+    api: str | None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(t for t in {self.webhook, self.api} if t)
+
+
+def resolve_tokens(settings: Settings) -> Tokens:
+    auth = settings.auth
+    webhook = read_token(auth.token_file, auth.token_env)
+    api = read_token(auth.api_token_file, auth.api_token_env) or webhook
+    if webhook is None and not auth.insecure_no_auth:
+        raise ConfigError(
+            [
+                Problem(
+                    source="<config>",
+                    path="auth",
+                    message=f"no webhook token: set auth.token_file or ${auth.token_env} "
+                    "(or --insecure-no-auth for local experiments only)",
+                )
+            ]
+        )
+    if auth.insecure_no_auth:
+        return Tokens(webhook=None, api=None)
+    return Tokens(webhook=webhook, api=api)
+
+
+@dataclass(kw_only=True)
+class Daemon:
+    """A running remediator; ``serve`` builds one, tests can too."""
+
+    settings: Settings
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the listener accepts requests (kopf's ready_flag)."""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    async def run(self) -> int:
+        settings = self.settings
+        tokens = resolve_tokens(settings)
+        if settings.auth.insecure_no_auth:
+            log.warning(
+                "webhook_auth_disabled",
+                message="INSECURE: webhook and API accept unauthenticated requests",
+            )
+        actions = registry.builtin()
+        paths = [settings.playbooks.directory]
+        playbooks = await asyncio.to_thread(loading.load_playbooks, paths, actions)
+        library = reloading.PlaybookLibrary(playbooks)
+        metric_set = metrics.Metrics(CollectorRegistry())
+        metric_set.playbooks_loaded.set(len(playbooks.playbooks))
+        store = state.SqliteStateStore(settings.state.path, on_append=auditing.log_record)
+        await store.open()
+        try:
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=settings.http.timeout),
+                headers={"User-Agent": f"remediator/{__version__}"},
+            ) as session:
+                return await self._serve(
+                    settings, tokens, actions, library, metric_set, store, session
+                )
+        finally:
+            await store.close()
+
+    async def _serve(
+        self,
+        settings: Settings,
+        tokens: Tokens,
+        actions: registry.ActionRegistry,
+        library: reloading.PlaybookLibrary,
+        metric_set: metrics.Metrics,
+        store: state.SqliteStateStore,
+        session: aiohttp.ClientSession,
+    ) -> int:
+        prom = None
+        if settings.prometheus.url:
+            prom = prometheus.PrometheusClient(
+                session, settings.prometheus.url, timeout=settings.prometheus.timeout
+            )
+        resources = registry.Resources(
+            settings=settings, http=session, prometheus=prom, secrets=tokens.secrets
+        )
+        executor = executing.Executor(
+            registry=actions,
+            store=store,
+            resources=resources,
+            metrics=metric_set,
+            playbooks=library,
+        )
+        scheduler = scheduling.Scheduler(
+            capacity=settings.engine.queue_size,
+            concurrency=settings.engine.concurrency,
+            execute=executor.execute,
+        )
+        metric_set.queue_depth.set_function(lambda: scheduler.depth)
+        metric_set.runs_active.set_function(lambda: scheduler.active)
+        admitter = admitting.Admitter(
+            store=store,
+            scheduler=scheduler,
+            metrics=metric_set,
+            playbooks=library,
+            only_highest=settings.playbooks.match == "first",
+            dry_run=settings.engine.dry_run,
+        )
+        reloader = reloading.Reloader(
+            library=library,
+            paths=[settings.playbooks.directory],
+            catalog=actions,
+            store=store,
+            metrics=metric_set,
+        )
+
+        now = time.time()
+        interrupted = await store.interrupt_unfinished(now=now, reason="daemon restarted")
+        queued = await store.queued_runs()
+        scheduler.restore(scheduling.QueuedRun(run_id=r.run_id, target=r.target) for r in queued)
+        await store.append_audit(
+            [
+                reloading.loaded_event(library(), trigger="startup"),
+                AuditEvent(
+                    kind=AuditKind.DAEMON_STARTED,
+                    outcome="started",
+                    details={
+                        "version": __version__,
+                        "dry_run": settings.engine.dry_run,
+                        "recovered_queued": len(queued),
+                        "interrupted": len(interrupted),
+                    },
+                ),
+            ],
+            now=now,
+        )
+
+        services = Services(
+            settings=settings,
+            admitter=admitter,
+            store=store,
+            metrics=metric_set,
+            webhook_token=tokens.webhook,
+            api_token=tokens.api,
+            ready=lambda: not self.stopping.is_set(),
+        )
+        runner = web.AppRunner(
+            intake.make_app(services),
+            access_log=None,
+            shutdown_timeout=settings.engine.grace_period,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        await site.start()
+        self.url = _bound_url(
+            runner, fallback=f"http://{settings.server.host}:{settings.server.port}"
+        )
+        watcher = asyncio.create_task(
+            reloader.watch(settings.playbooks.watch_interval), name="playbook-watcher"
+        )
+        loop = asyncio.get_running_loop()
+        with _signals(loop, self.stopping, reloader):
+            log.info(
+                "daemon_listening",
+                url=self.url,
+                playbooks=len(library().playbooks),
+                recovered_queued=len(queued),
+                interrupted=len(interrupted),
+            )
+            self.ready.set()
+            await self.stopping.wait()
+        log.info("daemon_stopping", grace_period=settings.engine.grace_period)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        still_queued = await scheduler.drain(settings.engine.grace_period)
+        await runner.cleanup()
+        await store.append_audit(
+            [
+                AuditEvent(
+                    kind=AuditKind.DAEMON_STOPPED,
+                    outcome="stopped",
+                    details={"queued_for_next_start": len(still_queued)},
+                )
+            ],
+            now=time.time(),
+        )
+        return 0
+
+
+def _bound_url(runner: web.AppRunner, *, fallback: str) -> str:
+    """The real address, which differs from the config when it asked for port 0."""
+    for address in runner.addresses:
+        host, port = address[:2]
+        return f"http://{host}:{port}"
+    return fallback
+
+
+@contextlib.contextmanager
+def _signals(
+    loop: asyncio.AbstractEventLoop, stopping: asyncio.Event, reloader: reloading.Reloader
+) -> Iterator[None]:
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(reloader.reload(trigger="sighup"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    handled = []
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+            handled.append(sig)
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        handled.append(signal.SIGHUP)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+async def serve(settings: Settings) -> int:
+    return await Daemon(settings=settings).run()

@@ -1,0 +1,1 @@
+"""The HTTP surface: Alertmanager intake, health, metrics and the operator review API."""

@@ -1,0 +1,127 @@
+"""The app factory and the Alertmanager intake: ``POST /webhook/alertmanager``.
+
+Checks run cheapest first: auth, content type, declared size, then the body read with a hard
+limit, JSON, and the v4 payload shape. Nothing invalid reaches the engine; each refusal is
+counted by reason and answered with a JSON body naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from remediator.core import alerts
+from remediator.core.errors import PayloadError
+from remediator.engine import admitting
+from remediator.web import auth, review
+from remediator.web.services import SERVICES, Services
+
+log = structlog.get_logger(__name__)
+
+WEBHOOK_PATH = "/webhook/alertmanager"
+
+
+def make_app(services: Services) -> web.Application:
+    # client_max_size makes aiohttp stop reading a body past the limit (413), chunked or not.
+    app = web.Application(client_max_size=services.settings.server.max_body_bytes)
+    app[SERVICES] = services
+    app.router.add_post(WEBHOOK_PATH, receive_alerts)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    review.add_routes(app)
+    return app
+
+
+def _refuse(
+    services: Services,
+    status: int,
+    reason: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    services.metrics.webhook_rejections.labels(reason=reason).inc()
+    services.metrics.webhook_requests.labels(code=str(status)).inc()
+    log.info("webhook_refused", status=status, reason=reason, field=field, message=message[:256])
+    body: dict[str, object] = {"error": reason, "message": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def receive_alerts(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    limit = services.settings.server.max_body_bytes
+    if not auth.authorized(request, services.webhook_token):
+        services.metrics.webhook_rejections.labels(reason="unauthorized").inc()
+        services.metrics.webhook_requests.labels(code="401").inc()
+        return auth.unauthorized()
+    if request.content_type != "application/json":
+        return _refuse(
+            services,
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json, not {request.content_type!r}",
+        )
+    if request.content_length is not None and request.content_length > limit:
+        return _refuse(services, 413, "too_large", f"body larger than {limit} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _refuse(services, 413, "too_large", f"body larger than {limit} bytes")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        return _refuse(services, 400, "malformed_json", f"body is not JSON: {e}")
+    try:
+        webhook = alerts.parse_webhook(raw)
+    except PayloadError as e:
+        problem = e.problems[0]
+        return _refuse(
+            services,
+            400,
+            "invalid_payload",
+            f"{problem.path}: {problem.message}",
+            field=problem.path,
+        )
+    try:
+        admitted = await services.admitter.admit(webhook)
+    except admitting.QueueFullError as e:
+        retry_after = str(services.settings.server.retry_after)
+        return _refuse(services, 503, "queue_full", str(e), headers={"Retry-After": retry_after})
+    services.metrics.webhook_requests.labels(code="200").inc()
+    log.info(
+        "webhook_accepted",
+        group_key=webhook.group_key,
+        alerts=len(webhook.alerts),
+        duplicates=admitted.duplicates,
+        runs=len(admitted.runs),
+    )
+    return web.json_response(
+        {
+            "alerts": len(webhook.alerts),
+            "duplicates": admitted.duplicates,
+            "runs": list(admitted.runs),
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[SERVICES].ready():
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not ready"}, status=503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    output = generate_latest(request.app[SERVICES].metrics.registry)
+    response = web.Response(body=output)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response

@@ -1,0 +1,28 @@
+"""What the HTTP handlers use, built once by :mod:`remediator.running` and stored on the app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from remediator.adapters import metrics, state
+from remediator.config import Settings
+from remediator.engine import admitting
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Services:
+    """Everything the HTTP handlers use, built once by :mod:`remediator.running`."""
+
+    settings: Settings
+    admitter: admitting.Admitter
+    store: state.StateStore
+    metrics: metrics.Metrics
+    webhook_token: str | None
+    api_token: str | None
+    ready: Callable[[], bool]
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,667 @@
+"""SqliteStateStore against real SQLite files: dedupe, runs, the audit chain, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediator.adapters import state
+from remediator.core import auditing, errors, runs
+from remediator.core.alerts import AlertStatus, DedupeKey
+
+STARTS_AT = "2024-05-01T10:00:00.000Z"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[state.SqliteStateStore]:
+    async with state.SqliteStateStore(db_path, clock=lambda: 5000.0) as opened:
+        yield opened
+
+
+def admission(
+    fingerprint: str = "aaa1",
+    *,
+    status: AlertStatus = AlertStatus.FIRING,
+    starts_at: str = STARTS_AT,
+    alertname: str = "KubePodCrashLooping",
+    new_runs: tuple[runs.NewRun, ...] = (),
+    cancel: bool = False,
+) -> runs.Admission:
+    return runs.Admission(
+        key=DedupeKey(fingerprint=fingerprint, starts_at=starts_at, status=status),
+        alert={
+            "status": str(status),
+            "labels": {"alertname": alertname, "namespace": "shop"},
+            "annotations": {},
+            "startsAt": starts_at,
+            "endsAt": None,
+            "generatorURL": "",
+            "fingerprint": fingerprint,
+        },
+        runs=new_runs,
+        events=(
+            runs.AuditEvent(
+                kind=runs.AuditKind.ALERT_RECEIVED, fingerprint=fingerprint, alertname=alertname
+            ),
+        ),
+        cancel_queued_runs=cancel,
+    )
+
+
+def new_run(run_id: str, *, playbook: str = "restart-pod", target: str = "shop/web") -> runs.NewRun:
+    return runs.NewRun(run_id=run_id, playbook=playbook, target=target)
+
+
+def event(kind: runs.AuditKind = runs.AuditKind.RUN_STARTED, **fields: Any) -> runs.AuditEvent:
+    return runs.AuditEvent(kind=kind, **fields)
+
+
+async def status_of(store: state.SqliteStateStore, run_id: str) -> runs.RunStatus:
+    detail = await store.get_run(run_id)
+    assert detail is not None
+    return detail.run.status
+
+
+async def all_audit(store: state.SqliteStateStore) -> list[runs.AuditRecord]:
+    return [record async for record in store.audit_records()]
+
+
+@contextlib.contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection that bypasses the store, as an intruder with file access would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+# Admission and dedupe
+
+
+async def test_new_alert_stores_runs_and_events(store: state.SqliteStateStore) -> None:
+    results = await store.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+
+    assert results == [
+        runs.AdmissionResult(key=admission().key, duplicate=False, created_runs=("r1",))
+    ]
+    detail = await store.get_run("r1")
+    assert detail is not None
+    assert detail.run.status is runs.RunStatus.QUEUED
+    assert detail.run.fingerprint == "aaa1"
+    assert detail.run.alertname == "KubePodCrashLooping"
+    assert detail.run.alert["labels"]["namespace"] == "shop"
+    assert detail.run.created_at == 1000.0
+    (received,) = await all_audit(store)
+    assert received.seq == 1
+    assert received.time == 1000.0
+    assert received.event.kind is runs.AuditKind.ALERT_RECEIVED
+    assert received.prev_hash == auditing.GENESIS_HASH
+
+
+async def test_same_key_again_writes_only_a_duplicate_record(
+    store: state.SqliteStateStore,
+) -> None:
+    await store.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+
+    results = await store.admit([admission(new_runs=(new_run("r2"),))], now=1060.0)
+
+    assert results == [runs.AdmissionResult(key=admission().key, duplicate=True)]
+    assert await store.get_run("r2") is None
+    records = await all_audit(store)
+    assert [r.event.kind for r in records] == [
+        runs.AuditKind.ALERT_RECEIVED,
+        runs.AuditKind.ALERT_DUPLICATE,
+    ]
+    duplicate = records[1].event
+    assert duplicate.details == {"first_seen": 1000.0, "runs": ["r1"]}
+    assert duplicate.fingerprint == "aaa1"
+    assert records[1].time == 1060.0
+
+
+async def test_dedupe_key_survives_a_restart(db_path: Path) -> None:
+    async with state.SqliteStateStore(db_path) as first:
+        await first.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+
+    async with state.SqliteStateStore(db_path) as second:
+        (result,) = await second.admit([admission()], now=2000.0)
+        assert result.duplicate
+        assert [r.run_id for r in await second.queued_runs()] == ["r1"]
+
+
+async def test_resolved_and_new_start_are_different_keys(store: state.SqliteStateStore) -> None:
+    results = await store.admit(
+        [
+            admission(),
+            admission(status=AlertStatus.RESOLVED),
+            admission(starts_at="2024-05-01T11:00:00.000Z"),
+            admission(),  # repeated within the same POST
+        ],
+        now=1000.0,
+    )
+
+    assert [r.duplicate for r in results] == [False, False, False, True]
+
+
+async def test_failed_batch_writes_nothing(store: state.SqliteStateStore) -> None:
+    await store.admit([admission("0001", new_runs=(new_run("taken"),))], now=1000.0)
+    before = await all_audit(store)
+
+    batch = [
+        admission("0002", new_runs=(new_run("r2"),)),
+        admission("0003", new_runs=(new_run("taken"),)),  # run id collision fails the batch
+    ]
+    with pytest.raises(state.StateError) as caught:
+        await store.admit(batch, now=1100.0)
+
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+    assert await store.get_run("r2") is None
+    assert await all_audit(store) == before
+    # The first alert's key was rolled back too, so its redelivery is accepted as new.
+    (result,) = await store.admit([admission("0002", new_runs=(new_run("r2"),))], now=1200.0)
+    assert not result.duplicate
+    assert (await store.verify_audit()).intact
+
+
+async def test_resolved_alert_cancels_only_queued_runs_of_its_fingerprint(
+    store: state.SqliteStateStore,
+) -> None:
+    await store.admit(
+        [
+            admission("aaa1", new_runs=(new_run("queued"), new_run("started"))),
+            admission("bbb2", new_runs=(new_run("other"),)),
+        ],
+        now=1000.0,
+    )
+    assert await store.claim_run("started", now=1010.0) is not None
+
+    (result,) = await store.admit(
+        [
+            admission(
+                "aaa1",
+                status=AlertStatus.RESOLVED,
+                cancel=True,
+                new_runs=(new_run("on-resolve", playbook="notify"),),
+            )
+        ],
+        now=1100.0,
+    )
+
+    assert result.cancelled_runs == ("queued",)
+    assert result.created_runs == ("on-resolve",)
+    assert await status_of(store, "queued") is runs.RunStatus.CANCELLED
+    assert await status_of(store, "started") is runs.RunStatus.RUNNING
+    assert await status_of(store, "other") is runs.RunStatus.QUEUED
+    assert await status_of(store, "on-resolve") is runs.RunStatus.QUEUED
+    cancelled = [r for r in await all_audit(store) if r.event.kind is runs.AuditKind.RUN_CANCELLED]
+    assert [(r.event.run_id, r.event.reason, r.time) for r in cancelled] == [
+        ("queued", "alert_resolved", 1100.0)
+    ]
+    assert cancelled[0].event.playbook == "restart-pod"
+    assert cancelled[0].event.outcome == "cancelled"
+
+
+# Run lifecycle
+
+
+async def test_concurrent_claims_have_exactly_one_winner(store: state.SqliteStateStore) -> None:
+    await store.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+
+    claims = await asyncio.gather(*(store.claim_run("r1", now=1001.0) for _ in range(5)))
+
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1
+    assert winners[0].status is runs.RunStatus.RUNNING
+    assert winners[0].started_at == 1001.0
+
+
+async def test_claims_from_two_stores_on_one_file_have_one_winner(db_path: Path) -> None:
+    async with (
+        state.SqliteStateStore(db_path) as one,
+        state.SqliteStateStore(db_path) as two,
+    ):
+        await one.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+
+        claims = await asyncio.gather(
+            one.claim_run("r1", now=1001.0, events=[event(run_id="r1")]),
+            two.claim_run("r1", now=1001.0, events=[event(run_id="r1")]),
+        )
+
+        assert sorted(c is None for c in claims) == [False, True]
+        started = [r for r in await all_audit(one) if r.event.kind is runs.AuditKind.RUN_STARTED]
+        assert len(started) == 1
+
+
+async def test_cancelled_run_cannot_be_claimed(store: state.SqliteStateStore) -> None:
+    await store.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+    await store.admit([admission(status=AlertStatus.RESOLVED, cancel=True)], now=1001.0)
+
+    assert await store.claim_run("r1", now=1002.0, events=[event(run_id="r1")]) is None
+    kinds = [r.event.kind for r in await all_audit(store)]
+    assert runs.AuditKind.RUN_STARTED not in kinds
+
+
+async def test_run_moves_through_approval_to_finish(store: state.SqliteStateStore) -> None:
+    await store.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+    await store.claim_run("r1", now=1001.0)
+
+    await store.set_run_status("r1", runs.RunStatus.AWAITING_APPROVAL, now=1002.0)
+    assert await status_of(store, "r1") is runs.RunStatus.AWAITING_APPROVAL
+    await store.set_run_status("r1", runs.RunStatus.RUNNING, now=1003.0)
+    await store.finish_run(
+        "r1",
+        runs.RunStatus.FAILED,
+        now=1004.0,
+        error="scale refused",
+        events=[event(runs.AuditKind.RUN_FINISHED, run_id="r1", outcome="failed")],
+    )
+
+    detail = await store.get_run("r1")
+    assert detail is not None
+    assert detail.run.status is runs.RunStatus.FAILED
+    assert (detail.run.started_at, detail.run.finished_at) == (1001.0, 1004.0)
+    assert detail.run.error == "scale refused"
+    assert [r.event.kind for r in detail.audit] == [runs.AuditKind.RUN_FINISHED]
+
+
+async def test_finished_run_keeps_its_outcome_and_writes_nothing(
+    store: state.SqliteStateStore,
+) -> None:
+    await store.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+    await store.claim_run("r1", now=1001.0)
+    await store.interrupt_unfinished(now=1002.0, reason="daemon_stopping")
+    before = await all_audit(store)
+
+    with pytest.raises(state.RunStateError, match="interrupted"):
+        await store.finish_run(
+            "r1", runs.RunStatus.SUCCEEDED, now=1003.0, events=[event(run_id="r1")]
+        )
+    with pytest.raises(state.RunStateError, match="no run"):
+        await store.set_run_status("missing", runs.RunStatus.RUNNING, now=1003.0)
+    with pytest.raises(ValueError, match="finished status"):
+        await store.finish_run("r1", runs.RunStatus.RUNNING, now=1003.0)
+    with pytest.raises(ValueError, match="claim_run or finish_run"):
+        await store.set_run_status("r1", runs.RunStatus.SUCCEEDED, now=1003.0)
+
+    assert await status_of(store, "r1") is runs.RunStatus.INTERRUPTED
+    assert await all_audit(store) == before
+
+
+async def test_interrupt_unfinished_touches_only_running_runs(
+    store: state.SqliteStateStore,
+) -> None:
+    ids = ("queued", "running", "approval", "done")
+    await store.admit([admission(new_runs=tuple(new_run(i) for i in ids))], now=1000.0)
+    for run_id in ("running", "approval", "done"):
+        await store.claim_run(run_id, now=1001.0)
+    await store.set_run_status("approval", runs.RunStatus.AWAITING_APPROVAL, now=1002.0)
+    await store.finish_run("done", runs.RunStatus.SUCCEEDED, now=1003.0)
+
+    interrupted = await store.interrupt_unfinished(now=1004.0, reason="daemon_restarted")
+
+    assert [(r.run_id, r.status, r.finished_at) for r in interrupted] == [
+        ("running", runs.RunStatus.INTERRUPTED, 1004.0)
+    ]
+    assert [await status_of(store, i) for i in ids] == [
+        runs.RunStatus.QUEUED,
+        runs.RunStatus.INTERRUPTED,
+        runs.RunStatus.AWAITING_APPROVAL,
+        runs.RunStatus.SUCCEEDED,
+    ]
+    records = [r for r in await all_audit(store) if r.event.kind is runs.AuditKind.RUN_INTERRUPTED]
+    assert [(r.event.run_id, r.event.reason) for r in records] == [("running", "daemon_restarted")]
+    assert await store.interrupt_unfinished(now=1005.0, reason="again") == []
+
+
+async def test_queued_runs_come_oldest_first(store: state.SqliteStateStore) -> None:
+    await store.admit([admission("0003", new_runs=(new_run("c"),))], now=1003.0)
+    await store.admit([admission("0001", new_runs=(new_run("a1"), new_run("a2")))], now=1001.0)
+    await store.admit([admission("0002", new_runs=(new_run("b"),))], now=1002.0)
+    await store.claim_run("b", now=1004.0)
+
+    assert [r.run_id for r in await store.queued_runs()] == ["a1", "a2", "c"]
+
+
+async def test_steps_and_audit_appear_in_run_detail(store: state.SqliteStateStore) -> None:
+    await store.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+    for index in (1, 0):
+        step = runs.StepRecord(
+            run_id="r1",
+            index=index,
+            phase="steps",
+            name=f"step-{index}",
+            action="kubernetes.restart",
+            outcome=runs.StepOutcome.DRY_RUN,
+            params={"namespace": "shop", "replicas": (1, 2)},
+            attempts=2,
+            duration=0.25,
+            started_at=1001.0 + index,
+            output={"would": "restart"},
+        )
+        await store.record_step(
+            step, events=[event(runs.AuditKind.STEP_FINISHED, run_id="r1", outcome="dry_run")]
+        )
+
+    detail = await store.get_run("r1")
+
+    assert detail is not None
+    assert [s.name for s in detail.steps] == ["step-0", "step-1"]
+    assert detail.steps[0].params == {"namespace": "shop", "replicas": [1, 2]}
+    assert detail.steps[0].outcome is runs.StepOutcome.DRY_RUN
+    assert detail.steps[0].output == {"would": "restart"}
+    # record_step has no ``now`` of its own here, so the injected clock dates its events.
+    assert [r.time for r in detail.audit] == [5000.0, 5000.0]
+    with pytest.raises(state.StateError):
+        await store.record_step(detail.steps[0])  # the same index twice
+    with pytest.raises(state.StateError):
+        await store.record_step(dataclasses.replace(detail.steps[0], run_id="no-such-run"))
+
+
+# Listing and filtering
+
+
+async def _seed_runs(store: state.SqliteStateStore) -> None:
+    """12 runs: created at 1000..1011, two playbooks, two targets, every third one claimed."""
+    for i in range(12):
+        await store.admit(
+            [
+                admission(
+                    f"{i:04x}",
+                    alertname="HighLatency" if i % 2 else "KubePodCrashLooping",
+                    new_runs=(
+                        new_run(
+                            f"r{i:02d}",
+                            playbook="scale-up" if i % 2 else "restart-pod",
+                            target="shop/api" if i < 6 else "shop/web",
+                        ),
+                    ),
+                )
+            ],
+            now=1000.0 + i,
+        )
+        if i % 3 == 0:
+            await store.claim_run(f"r{i:02d}", now=1000.5 + i)
+
+
+@pytest.mark.parametrize(
+    ("flt", "expected"),
+    [
+        (runs.RunFilter(), [f"r{i:02d}" for i in reversed(range(12))]),
+        (runs.RunFilter(playbook="scale-up"), ["r11", "r09", "r07", "r05", "r03", "r01"]),
+        (runs.RunFilter(target="shop/api", playbook="restart-pod"), ["r04", "r02", "r00"]),
+        (runs.RunFilter(outcome="running"), ["r09", "r06", "r03", "r00"]),
+        (runs.RunFilter(alertname="HighLatency", since=1007.0), ["r11", "r09", "r07"]),
+        (runs.RunFilter(since=1002.0, until=1005.0), ["r04", "r03", "r02"]),
+    ],
+    ids=["all", "playbook", "target-and-playbook", "status", "alertname-since", "window"],
+)
+async def test_list_runs_filters(
+    store: state.SqliteStateStore, flt: runs.RunFilter, expected: list[str]
+) -> None:
+    await _seed_runs(store)
+
+    page = await store.list_runs(flt)
+
+    assert [r.run_id for r in page.items] == expected
+    assert page.next_cursor is None
+
+
+async def test_list_runs_cursor_walks_every_run_once(store: state.SqliteStateStore) -> None:
+    await _seed_runs(store)
+    # Same created_at for several runs: the cursor must break ties, not skip or repeat them.
+    await store.admit(
+        [admission("ffff", new_runs=tuple(new_run(f"tie{i}") for i in range(4)))], now=1005.0
+    )
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await store.list_runs(runs.RunFilter(), limit=5, cursor=cursor)
+        seen.extend(r.run_id for r in page.items)
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+
+    assert pages == 4
+    assert len(seen) == len(set(seen)) == 16
+    created = [(await store.get_run(i)) for i in seen]
+    times = [d.run.created_at for d in created if d is not None]
+    assert times == sorted(times, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "cursor", ["%%%", "bm90LWEtY3Vyc29y", ""], ids=["junk", "no-colon", "empty"]
+)
+async def test_list_runs_rejects_foreign_cursors(
+    store: state.SqliteStateStore, cursor: str
+) -> None:
+    with pytest.raises(errors.InvalidInputError, match="cursor"):
+        await store.list_runs(runs.RunFilter(), cursor=cursor)
+
+
+async def test_query_audit_filters_and_pages(store: state.SqliteStateStore) -> None:
+    await _seed_runs(store)
+    started = runs.AuditEvent(
+        kind=runs.AuditKind.RUN_STARTED, playbook="scale-up", target="shop/web", outcome="running"
+    )
+    await store.append_audit([started] * 7, now=2000.0)
+
+    page = await store.query_audit(
+        runs.RunFilter(kind="alert_received", since=1003.0, until=1006.0)
+    )
+    assert [r.time for r in page.items] == [1003.0, 1004.0, 1005.0]
+    page = await store.query_audit(runs.RunFilter(alertname="HighLatency", until=1004.0))
+    assert [r.seq for r in page.items] == [2, 4]
+
+    seqs: list[int] = []
+    cursor: str | None = None
+    while True:
+        page = await store.query_audit(
+            runs.RunFilter(playbook="scale-up", target="shop/web", outcome="running"),
+            limit=3,
+            cursor=cursor,
+        )
+        seqs.extend(r.seq for r in page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seqs == sorted(seqs)
+    assert len(seqs) == len(set(seqs)) == 7
+    with pytest.raises(errors.InvalidInputError, match="limit"):
+        await store.query_audit(runs.RunFilter(), limit=0)
+    with pytest.raises(errors.InvalidInputError, match="cursor"):
+        await store.query_audit(runs.RunFilter(), cursor="seven")
+
+
+# The audit chain
+
+
+async def test_appended_records_form_an_intact_chain(store: state.SqliteStateStore) -> None:
+    first = await store.append_audit(
+        [event(run_id="r1"), event(run_id="r2", details={"n": 1})],
+        now=1000,  # an int: hashed as the float it is stored as
+    )
+    second = await store.append_audit([event(run_id="r3")], now=1001.5)
+
+    assert [r.seq for r in first + second] == [1, 2, 3]
+    assert first[1].prev_hash == first[0].hash
+    assert second[0].prev_hash == first[1].hash
+    assert await all_audit(store) == first + second
+    assert await store.verify_audit() == auditing.ChainReport(checked=3)
+
+
+async def test_audit_records_stream_in_batches(store: state.SqliteStateStore) -> None:
+    await store.append_audit([event(run_id=str(i)) for i in range(25)], now=1000.0)
+
+    tail = [r.seq async for r in store.audit_records(after_seq=10, batch=4)]
+
+    assert tail == list(range(11, 26))
+
+
+async def test_two_hundred_concurrent_appends_keep_the_chain_intact(
+    store: state.SqliteStateStore,
+) -> None:
+    returned = await asyncio.gather(
+        *(store.append_audit([event(run_id=f"r{i}")] * 2, now=1000.0 + i) for i in range(200))
+    )
+
+    seqs = sorted(r.seq for batch in returned for r in batch)
+    assert seqs == list(range(1, 401))
+    assert all(second.seq == first.seq + 1 for first, second in returned)
+    assert await store.verify_audit() == auditing.ChainReport(checked=400)
+
+
+async def _chain_of(store: state.SqliteStateStore, count: int) -> None:
+    for i in range(count):
+        await store.append_audit([event(run_id=f"r{i}", details={"i": i})], now=1000.0 + i)
+
+
+def _tamper(path: Path, statement: str, params: tuple[object, ...] = ()) -> None:
+    with raw(path) as conn:
+        conn.execute("DROP TRIGGER audit_no_update")
+        conn.execute("DROP TRIGGER audit_no_delete")
+        conn.execute(statement, params)
+
+
+@pytest.mark.parametrize(
+    ("statement", "first_broken", "reason"),
+    [
+        ("UPDATE audit SET details = '{\"i\": 99}' WHERE seq = 5", 5, "content"),
+        ("UPDATE audit SET time = time + 1 WHERE seq = 5", 5, "content"),
+        ("DELETE FROM audit WHERE seq = 5", 6, "sequence gap"),
+        ("UPDATE audit SET kind = 'made_up' WHERE seq = 5", 5, "unreadable"),
+    ],
+    ids=["details", "time", "deleted", "unknown-kind"],
+)
+async def test_tampering_names_the_first_broken_record(
+    store: state.SqliteStateStore,
+    db_path: Path,
+    statement: str,
+    first_broken: int,
+    reason: str,
+) -> None:
+    await _chain_of(store, 8)
+
+    _tamper(db_path, statement)
+    report = await store.verify_audit()
+
+    assert report.first_broken == first_broken
+    assert report.checked == 4
+    assert reason in report.reason
+
+
+async def test_rehashed_record_still_breaks_the_next_link(
+    store: state.SqliteStateStore, db_path: Path
+) -> None:
+    await _chain_of(store, 8)
+    records = await all_audit(store)
+    forged = auditing.seal(5, records[4].time, event(run_id="forged"), records[4].prev_hash)
+
+    _tamper(
+        db_path,
+        "UPDATE audit SET run_id = 'forged', details = '{}', hash = ? WHERE seq = 5",
+        (forged.hash,),
+    )
+    report = await store.verify_audit()
+
+    assert (report.first_broken, report.reason) == (6, "link to previous record broken")
+
+
+async def test_triggers_make_the_audit_table_append_only(
+    store: state.SqliteStateStore, db_path: Path
+) -> None:
+    await _chain_of(store, 3)
+
+    with raw(db_path) as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("UPDATE audit SET reason = 'edited' WHERE seq = 2")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM audit WHERE seq = 3")
+
+    assert await store.verify_audit() == auditing.ChainReport(checked=3)
+
+
+async def test_empty_chain_is_intact(store: state.SqliteStateStore) -> None:
+    assert await store.verify_audit() == auditing.ChainReport(checked=0)
+
+
+# Settings, schema, read-only access
+
+
+async def test_settings_round_trip_and_persist(db_path: Path) -> None:
+    async with state.SqliteStateStore(db_path) as store:
+        assert await store.get_setting("paused") is None
+        await store.put_setting("paused", "true")
+        await store.put_setting("paused", "false")
+        await store.put_setting("reason", "maintenance")
+        await store.put_setting("reason", None)
+
+    async with state.SqliteStateStore(db_path) as store:
+        assert await store.get_setting("paused") == "false"
+        assert await store.get_setting("reason") is None
+
+
+async def test_schema_is_versioned_and_in_wal_mode(db_path: Path) -> None:
+    async with state.SqliteStateStore(db_path):
+        with raw(db_path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone() == (state.SCHEMA_VERSION,)
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+    with raw(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {state.SCHEMA_VERSION + 1}")
+    with pytest.raises(state.StateError, match="schema version"):
+        await state.SqliteStateStore(db_path).open()
+
+
+async def test_readonly_store_reads_a_live_file_and_cannot_write(
+    store: state.SqliteStateStore, db_path: Path
+) -> None:
+    await store.admit([admission(new_runs=(new_run("r1"),))], now=1000.0)
+
+    async with state.open_readonly(db_path) as reader:
+        assert [r.run_id for r in await reader.queued_runs()] == ["r1"]
+        # Writes by the daemon while the reader is open are visible to its next read.
+        await store.put_setting("paused", "true")
+        assert await reader.get_setting("paused") == "true"
+        with pytest.raises(state.StateError, match="readonly") as caught:
+            await reader.put_setting("paused", "false")
+        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+        with pytest.raises(state.StateError):
+            await reader.append_audit([event()], now=1001.0)
+        with pytest.raises(state.StateError):
+            await reader.admit([admission("beef")], now=1001.0)
+        assert (await reader.verify_audit()).intact
+
+    assert await store.get_setting("paused") == "true"
+    assert len(await all_audit(store)) == 1
+
+
+async def test_readonly_needs_an_existing_store(tmp_path: Path) -> None:
+    with pytest.raises(state.StateError, match="no state store"):
+        state.open_readonly(tmp_path / "missing.db")
+
+
+async def test_closed_store_refuses_calls(db_path: Path) -> None:
+    store = state.SqliteStateStore(db_path)
+    with pytest.raises(state.StateError, match="not open"):
+        await store.get_setting("x")
+    async with store:
+        with pytest.raises(state.StateError, match="already open"):
+            await store.open()
+    with pytest.raises(state.StateError, match="not open"):
+        await store.verify_audit()
+    await store.close()  # idempotent

@@ -1,0 +1,1 @@
+"""Simulated infrastructure for tests and demos: things we cannot install here, emulated."""

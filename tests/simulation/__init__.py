@@ -1,0 +1,1 @@
+"""Tests of the simulated infrastructure (the in-memory Kubernetes API)."""

@@ -116,6 +116,15 @@ class Executor:
                     run, RunStatus.INTERRUPTED, started=started, error="interrupted by shutdown"
                 )
                 raise
+            except Exception as e:
+                # A bug (say, an action output the store cannot write) must end this run as
+                # failed; escaping would leave it "running" in the store until a restart.
+                log.exception("run_crashed")
+                reason = redaction.redact_text(str(e), secrets=self._resources.secrets)
+                status, error = (
+                    RunStatus.FAILED,
+                    f"{type(e).__name__}: {redaction.truncate(reason)}",
+                )
             return await self._finish(run, status, started=started, error=error)
 
     async def _execute(self, run: RunRecord, playbook: Playbook) -> tuple[RunStatus, str | None]:
@@ -181,7 +190,10 @@ class Executor:
                         "check": check.name,
                         "holds": holds,
                         "error": result.error,
-                        "output": planning.summarize(result.output),
+                        # Audited like a step's output, so masked like one.
+                        "output": redaction.redact(
+                            planning.summarize(result.output), secrets=self._resources.secrets
+                        ),
                     }
                 )
                 if not holds and not last_round:
@@ -320,7 +332,12 @@ class Executor:
                 if delay is not None
                 else planning.backoff_delay(step.retry, attempt, jitter=self._jitter())
             )
-            log.info("step_retrying", attempt=attempt, error=error, delay=round(pause, 3))
+            log.info(
+                "step_retrying",
+                attempt=attempt,
+                error=redaction.redact_text(error, secrets=self._resources.secrets),
+                delay=round(pause, 3),
+            )
             await asyncio.sleep(pause)
         raise AssertionError("unreachable: the loop returns on its last attempt")
 

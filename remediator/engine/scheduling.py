@@ -69,7 +69,11 @@ class Scheduler:
 
     def reserve(self, size: int) -> Reservation | None:
         """Room for ``size`` more runs, or None when full or shutting down."""
-        if not self._accepting or len(self._pending) + self._reserved + size > self._capacity:
+        if not self._accepting:
+            return None
+        # An admission that queues nothing (a resolved alert cancelling runs) needs no room,
+        # even when restored runs have pushed the queue past its capacity.
+        if size and len(self._pending) + self._reserved + size > self._capacity:
             return None
         self._reserved += size
         return Reservation(self, size)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from remediator.core import durations
+from remediator.core import durations, safety, scope
 from remediator.core.errors import ConfigError, Problem
 
 
@@ -88,6 +88,28 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KubernetesSettings:
+    enabled: bool = True
+    """Build a Kubernetes client at start-up; off for deployments without cluster access."""
+    kubeconfig: str | None = None
+    """Path of a kubeconfig; unset: in-cluster service account, else ``$KUBECONFIG``."""
+    context: str | None = None
+    timeout: float = 15.0
+    """Seconds for one API request (watches have their own, longer, server-side timeout)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProvisionerSettings:
+    url: str | None = None
+    """Base URL of the store provisioner API (``/api/v1/stores/<id>``)."""
+    token_file: str | None = None
+    """Bearer token for the provisioner, read at start-up; never logged."""
+    timeout: float = 10.0
+    retries: int = 3
+    """Attempts on 5xx and connection errors, with backoff, inside one step."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NotifyTarget:
     url: str
     """Slack-compatible incoming webhook URL."""
@@ -100,6 +122,20 @@ class NotifySettings:
     targets: Mapping[str, NotifyTarget] = field(default_factory=dict)
     """Named escalation channels that ``notify.webhook`` steps refer to."""
     timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SafetySettings:
+    defaults: safety.SafetyPolicy = field(default_factory=safety.SafetyPolicy)
+    """Limits every playbook gets unless its own ``safety:`` section overrides them."""
+    namespaces: tuple[str, ...] = scope.DEFAULT_NAMESPACES
+    """Regexes (fully anchored) of namespaces Kubernetes actions may touch."""
+    escalation_target: str | None = None
+    """Notify target for the envelope's own escalations (breaker opened, storm started)."""
+    known_targets: int | None = None
+    """How many stores exist, for the storm percentage, until store discovery provides it."""
+    status_interval: float = 5.0
+    """Seconds between refreshes of the safety gauges (paused, breakers, storms)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,7 +153,10 @@ class Settings:
     engine: EngineSettings = EngineSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     http: HttpSettings = HttpSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    provisioner: ProvisionerSettings = ProvisionerSettings()
     notify: NotifySettings = NotifySettings()
+    safety: SafetySettings = SafetySettings()
     logging: LoggingSettings = LoggingSettings()
 
 
@@ -193,10 +232,19 @@ def _convert(tp: Any, raw: object, *, path: str, source: str, problems: list[Pro
             for name in known
             if name in raw
         }
-        try:
-            return typing.cast(Any, tp)(**values)
-        except TypeError as e:  # a required field is missing
-            return problem(str(e))
+        missing = [
+            f.name
+            for f in dataclasses.fields(tp)
+            if f.name not in raw
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        for name in missing:
+            # Named by path like every other problem, not as Python's "__init__() missing".
+            problems.append(Problem(source=source, path=_join(path, name), message="is required"))
+        if missing:
+            return None
+        return typing.cast(Any, tp)(**values)
     if origin is Literal:
         if raw not in typing.get_args(tp):
             allowed = ", ".join(repr(a) for a in typing.get_args(tp))

@@ -67,7 +67,7 @@ async def run_demo(workdir: Path, *, keep: bool) -> int:
     token_file.write_text(token, encoding="utf-8")
     token_file.chmod(0o600)
     playbooks = Path("playbooks")
-    if not playbooks.is_dir():
+    if not await asyncio.to_thread(playbooks.is_dir):
         say("demo: run it from the repository root (it uses ./playbooks)")
         return 1
     async with escalation_receiver() as (hook_url, escalations):
@@ -115,8 +115,8 @@ async def run_demo(workdir: Path, *, keep: bool) -> int:
         return await task
 
 
-async def _wait_for_runs(http: aiohttp.ClientSession, url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for_runs(http: aiohttp.ClientSession, url: str, patience: float = 30) -> None:
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         async with http.get(f"{url}/api/v1/runs") as r:
             runs = (await r.json())["items"]

@@ -10,6 +10,7 @@ from remediator.core import validation
 from remediator.core.actions import ActionCatalog
 from remediator.core.errors import PlaybookError, Problem
 from remediator.core.playbooks import PlaybookSet
+from remediator.core.safety import SafetyPolicy
 
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
 
@@ -45,9 +46,14 @@ def read_files(paths: Sequence[str | Path]) -> tuple[dict[str, str], str]:
     return files, digest.hexdigest()
 
 
-def load_playbooks(paths: Sequence[str | Path], catalog: ActionCatalog) -> PlaybookSet:
+def load_playbooks(
+    paths: Sequence[str | Path],
+    catalog: ActionCatalog,
+    *,
+    defaults: SafetyPolicy = validation.DEFAULT_POLICY,
+) -> PlaybookSet:
     files, digest = read_files(paths)
-    return validation.load_set(files, catalog, digest=digest)
+    return validation.load_set(files, catalog, digest=digest, defaults=defaults)
 
 
 def snapshot(paths: Sequence[str | Path]) -> tuple[tuple[str, int, int], ...]:

@@ -90,6 +90,40 @@ class Metrics:
             registry=registry,
         )
 
+        self.paused = Gauge(
+            "remediator_paused",
+            "1 while the kill switch has paused all remediation.",
+            registry=registry,
+        )
+        self.paused_since = Gauge(
+            "remediator_paused_since_timestamp_seconds",
+            "When remediation was paused (0 when running).",
+            registry=registry,
+        )
+        self.breakers_open = Gauge(
+            "remediator_breakers_open",
+            "Open circuit breakers, by playbook.",
+            ["playbook"],
+            registry=registry,
+        )
+        self.storm_active = Gauge(
+            "remediator_storm_active",
+            "1 while a storm suspends per-target runs of an alert.",
+            ["playbook", "alertname"],
+            registry=registry,
+        )
+        self.escalations = Counter(
+            "remediator_escalations",
+            "Escalations the safety envelope sent, by kind and outcome.",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.awaiting_approval = Gauge(
+            "remediator_runs_awaiting_approval",
+            "Runs waiting for an operator's decision.",
+            registry=registry,
+        )
+
     def step_finished(self, *, playbook: str, action: str, outcome: str, duration: float) -> None:
         self.steps.labels(playbook=playbook, action=action, outcome=outcome).inc()
         self.step_duration.labels(action=action).observe(duration)

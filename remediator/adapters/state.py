@@ -33,7 +33,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NoReturn, Protocol, Self, TypeVar
 
-from remediator.core import auditing, errors, runs
+from remediator.adapters import safeguards
+from remediator.core import auditing, errors, planning, runs, safety
 
 T = TypeVar("T")
 
@@ -124,6 +125,7 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    safeguards.MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -163,18 +165,35 @@ class RunDetail:
     """Every audit record naming this run, in chain order."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SafetyStatus:
+    paused: Mapping[str, Any] | None
+    """``{"by", "reason", "since"}`` while paused."""
+    breakers: tuple[runs.Breaker, ...]
+    storms: tuple[runs.StormKey, ...]
+
+
 class StateStore(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
     async def admit(
-        self, admissions: Sequence[runs.Admission], *, now: float
+        self,
+        admissions: Sequence[runs.Admission],
+        *,
+        now: float,
+        known_targets: int | None = None,
     ) -> list[runs.AdmissionResult]:
         """Apply a whole webhook's admissions atomically; durable once this returns."""
 
     async def claim_run(
-        self, run_id: str, *, now: float, events: Sequence[runs.AuditEvent] = ()
+        self,
+        run_id: str,
+        *,
+        now: float,
+        events: Sequence[runs.AuditEvent] = (),
+        policy: safety.SafetyPolicy | None = None,
     ) -> runs.RunRecord | None:
         """QUEUED → RUNNING, or None if the run is no longer queued (e.g. cancelled)."""
 
@@ -186,7 +205,8 @@ class StateStore(Protocol):
         now: float,
         error: str | None = None,
         events: Sequence[runs.AuditEvent] = (),
-    ) -> None: ...
+        breaker: safety.BreakerPolicy | None = None,
+    ) -> list[runs.Breaker]: ...
 
     async def set_run_status(
         self,
@@ -208,6 +228,24 @@ class StateStore(Protocol):
     async def append_audit(
         self, events: Sequence[runs.AuditEvent], *, now: float
     ) -> list[runs.AuditRecord]: ...
+
+    async def set_paused(self, paused: bool, *, by: str, reason: str, now: float) -> bool: ...
+
+    async def reset_breakers(
+        self, playbook: str, target: str | None, *, by: str, now: float
+    ) -> int: ...
+
+    async def safety_status(self, *, now: float) -> SafetyStatus: ...
+
+    async def preview_admission(
+        self,
+        run: runs.NewRun,
+        policy: safety.SafetyPolicy,
+        alertname: str,
+        *,
+        now: float,
+        known_targets: int | None = None,
+    ) -> safety.Decision: ...
 
     async def queued_runs(self) -> list[runs.RunRecord]: ...
 
@@ -296,22 +334,58 @@ class SqliteStateStore:
     # Intake
 
     async def admit(
-        self, admissions: Sequence[runs.Admission], *, now: float
+        self,
+        admissions: Sequence[runs.Admission],
+        *,
+        now: float,
+        known_targets: int | None = None,
     ) -> list[runs.AdmissionResult]:
+        """Dedupe, then create each candidate run its safety policy allows (one transaction)."""
         batch = tuple(admissions)
-        return await self._transact(
-            "admit", lambda conn: [self._admit_one(conn, a, now) for a in batch]
-        )
+
+        def admit(conn: sqlite3.Connection) -> list[runs.AdmissionResult]:
+            _append(conn, safeguards.expire_breakers(conn, now=now), now)
+            return [self._admit_one(conn, a, now, known_targets) for a in batch]
+
+        return await self._transact("admit", admit)
 
     # Runs
 
     async def claim_run(
-        self, run_id: str, *, now: float, events: Sequence[runs.AuditEvent] = ()
+        self,
+        run_id: str,
+        *,
+        now: float,
+        events: Sequence[runs.AuditEvent] = (),
+        policy: safety.SafetyPolicy | None = None,
     ) -> runs.RunRecord | None:
-        """QUEUED → RUNNING; ``events`` (e.g. ``run_started``) are written only if it wins."""
+        """QUEUED → RUNNING; ``events`` (e.g. ``run_started``) are written only if it wins.
+
+        With a ``policy``, the start is re-checked (pause, breaker, cooldown may have changed
+        while the run waited); a refused run becomes CANCELLED with the reason, audited.
+        """
         pending = tuple(events)
 
         def claim(conn: sqlite3.Connection) -> runs.RunRecord | None:
+            if policy is not None:
+                _append(conn, safeguards.expire_breakers(conn, now=now), now)
+                queued = conn.execute(
+                    "SELECT playbook, target FROM runs WHERE run_id = ? AND status = ?",
+                    (run_id, str(runs.RunStatus.QUEUED)),
+                ).fetchone()
+                if queued is None:
+                    return None
+                snapshot = safety.Snapshot(
+                    paused=safeguards.paused(conn) is not None,
+                    breaker_open=safeguards.breaker_open(conn, queued[0], queued[1], now=now),
+                    last_finished_on_target=safeguards.last_finished_on_target(conn, queued[1]),
+                )
+                decision = safety.decide_start(policy, snapshot, now=now)
+                if decision.refusal is not None:
+                    _cancel_run(
+                        conn, run_id, str(decision.refusal), now, details=dict(decision.details)
+                    )
+                    return None
             # The status condition is the lock: of two concurrent claims only one matches.
             claimed = conn.execute(
                 "UPDATE runs SET status = ?, started_at = ? WHERE run_id = ? AND status = ?",
@@ -332,17 +406,19 @@ class SqliteStateStore:
         now: float,
         error: str | None = None,
         events: Sequence[runs.AuditEvent] = (),
-    ) -> None:
+        breaker: safety.BreakerPolicy | None = None,
+    ) -> list[runs.Breaker]:
         """Any unfinished status → ``status`` (a finished one); else :class:`RunStateError`.
 
         A run that already finished keeps its first outcome: for example one that was marked
-        interrupted at shutdown while its task was still winding down.
+        interrupted at shutdown while its task was still winding down. With a ``breaker``
+        policy, returns the breakers this outcome opened (audited here, escalated by the caller).
         """
         if not status.finished:
             raise ValueError(f"finish_run needs a finished status, not {status}")
         pending = tuple(events)
 
-        def finish(conn: sqlite3.Connection) -> None:
+        def finish(conn: sqlite3.Connection) -> list[runs.Breaker]:
             _transition(
                 conn,
                 run_id,
@@ -352,8 +428,34 @@ class SqliteStateStore:
                 values=(now, error),
             )
             _append(conn, pending, now)
+            if breaker is None or status not in safeguards.JUDGED_STATUSES:
+                return []
+            # Close expired breakers first, or one past its time would still block a new trip.
+            _append(conn, safeguards.expire_breakers(conn, now=now), now)
+            run = _fetch_run(conn, run_id)
+            opened = safeguards.trip_breakers(conn, run.playbook, run.target, breaker, now=now)
+            _append(
+                conn,
+                [
+                    runs.AuditEvent(
+                        kind=runs.AuditKind.BREAKER_OPENED,
+                        run_id=run_id,
+                        playbook=b.playbook,
+                        target=b.target,
+                        outcome="open",
+                        reason=f"{breaker.failures}_consecutive_failures",
+                        details={
+                            "closes_at": b.closes_at,
+                            "scope": "target" if b.target else "playbook",
+                        },
+                    )
+                    for b in opened
+                ],
+                now,
+            )
+            return opened
 
-        await self._transact("finish_run", finish)
+        return await self._transact("finish_run", finish)
 
     async def set_run_status(
         self,
@@ -412,6 +514,90 @@ class SqliteStateStore:
 
         await self._transact("record_step", record)
 
+    # Safety envelope
+
+    async def set_paused(self, paused: bool, *, by: str, reason: str, now: float) -> bool:
+        """The kill switch; durable, audited. False when it was already in that state."""
+
+        def switch(conn: sqlite3.Connection) -> bool:
+            current = safeguards.paused(conn)
+            if (current is not None) == paused:
+                return False
+            safeguards.set_paused(
+                conn, {"by": by, "reason": reason, "since": now} if paused else None
+            )
+            kind = runs.AuditKind.PAUSED if paused else runs.AuditKind.RESUMED
+            _append(
+                conn,
+                [
+                    runs.AuditEvent(
+                        kind=kind,
+                        outcome="paused" if paused else "resumed",
+                        reason=reason,
+                        details={
+                            "by": by,
+                            **({"paused_since": current["since"]} if current else {}),
+                        },
+                    )
+                ],
+                now,
+            )
+            return True
+
+        return await self._transact("set_paused", switch)
+
+    async def reset_breakers(
+        self, playbook: str, target: str | None, *, by: str, now: float
+    ) -> int:
+        """Close a playbook's open breakers (one target's, or all); audited with who did it."""
+
+        def reset(conn: sqlite3.Connection) -> int:
+            events = safeguards.close_breakers(conn, playbook, target, by=by, now=now)
+            _append(conn, events, now)
+            return len(events)
+
+        return await self._transact("reset_breakers", reset)
+
+    async def safety_status(self, *, now: float) -> SafetyStatus:
+        """Pause, open breakers and active storms, for the API, the CLI and the gauges."""
+
+        def status(conn: sqlite3.Connection) -> SafetyStatus:
+            if not self.readonly:
+                _append(conn, safeguards.expire_breakers(conn, now=now), now)
+            return SafetyStatus(
+                paused=safeguards.paused(conn),
+                breakers=tuple(safeguards.open_breakers(conn, now=now)),
+                storms=tuple(safeguards.active_storms(conn)),
+            )
+
+        return await self._transact("safety_status", status, write=not self.readonly)
+
+    async def preview_admission(
+        self,
+        run: runs.NewRun,
+        policy: safety.SafetyPolicy,
+        alertname: str,
+        *,
+        now: float,
+        known_targets: int | None = None,
+    ) -> safety.Decision:
+        """The decision admit() would take for this candidate now, writing nothing."""
+
+        def preview(conn: sqlite3.Connection) -> safety.Decision:
+            snapshot = safeguards.snapshot(
+                conn, run, policy, alertname, now=now, known_targets=known_targets
+            )
+            seen = conn.execute(
+                "SELECT 1 FROM sightings WHERE playbook = ? AND alertname = ? AND target = ?"
+                " AND seen_at >= ?",
+                (run.playbook, alertname, run.target, now - policy.storm.window),
+            ).fetchone()
+            if seen is None:  # admit() would record this sighting first
+                snapshot = dataclasses.replace(snapshot, storm_targets=snapshot.storm_targets + 1)
+            return safety.decide_admission(policy, snapshot, now=now)
+
+        return await self._transact("preview_admission", preview, write=False)
+
     async def queued_runs(self) -> list[runs.RunRecord]:
         """Oldest first: the order the daemon re-enqueues them in after a restart."""
 
@@ -426,18 +612,19 @@ class SqliteStateStore:
         return await self._transact("queued_runs", select, write=False)
 
     async def interrupt_unfinished(self, *, now: float, reason: str) -> list[runs.RunRecord]:
-        """RUNNING → INTERRUPTED, one ``run_interrupted`` record each.
+        """RUNNING or AWAITING_APPROVAL → INTERRUPTED, one ``run_interrupted`` record each.
 
-        Runs awaiting approval are left alone: nothing of theirs is in flight, and the approval
-        can still arrive after a restart. Queued runs are re-enqueued, not interrupted.
+        A run awaiting approval is interrupted too: the task that held its rendered context is
+        gone, and resuming half a run after a restart is not something to do unasked.
+        Queued runs are re-enqueued, not interrupted.
         """
 
         def interrupt(conn: sqlite3.Connection) -> list[runs.RunRecord]:
             ids = [
                 row[0]
                 for row in conn.execute(
-                    "SELECT run_id FROM runs WHERE status = ? ORDER BY created_at, id",
-                    (str(runs.RunStatus.RUNNING),),
+                    "SELECT run_id FROM runs WHERE status IN (?, ?) ORDER BY created_at, id",
+                    (str(runs.RunStatus.RUNNING), str(runs.RunStatus.AWAITING_APPROVAL)),
                 )
             ]
             interrupted = []
@@ -715,7 +902,11 @@ class SqliteStateStore:
             conn.close()
 
     def _admit_one(
-        self, conn: sqlite3.Connection, admission: runs.Admission, now: float
+        self,
+        conn: sqlite3.Connection,
+        admission: runs.Admission,
+        now: float,
+        known_targets: int | None,
     ) -> runs.AdmissionResult:
         key = admission.key
         key_values = (key.fingerprint, key.starts_at, str(key.status))
@@ -748,11 +939,30 @@ class SqliteStateStore:
             (*key_values, _dumps(admission.alert), now),
         )
         _append(conn, admission.events, now)
-        cancelled: tuple[str, ...] = ()
+        cancelled: list[str] = []
         if admission.cancel_queued_runs:
             # Before inserting this admission's runs, so they can never be among the cancelled.
-            cancelled = _cancel_queued(conn, key.fingerprint, now)
+            cancelled.extend(_cancel_queued(conn, key.fingerprint, now))
+        created: list[str] = []
+        refused: list[tuple[str, str]] = []
+        storms: list[runs.StormKey] = []
         for new in admission.runs:
+            if new.policy is not None:
+                decision = self._decide(
+                    conn, new, new.policy, key, alertname, now, known_targets, cancelled, storms
+                )
+                if decision.refusal is not None:
+                    refused.append((new.playbook, str(decision.refusal)))
+                    _append(
+                        conn,
+                        [
+                            planning.refused_event(
+                                key, alertname, new, decision.refusal, dict(decision.details)
+                            )
+                        ],
+                        now,
+                    )
+                    continue
             conn.execute(
                 "INSERT INTO runs (run_id, fingerprint, alert_starts_at, alert_status, alertname,"
                 " playbook, target, status, dry_run, created_at)"
@@ -768,12 +978,69 @@ class SqliteStateStore:
                     now,
                 ),
             )
+            _append(conn, [planning.queued_event(key, alertname, new)], now)
+            created.append(new.run_id)
         return runs.AdmissionResult(
             key=key,
             duplicate=False,
-            created_runs=tuple(new.run_id for new in admission.runs),
-            cancelled_runs=cancelled,
+            created_runs=tuple(created),
+            cancelled_runs=tuple(cancelled),
+            refused=tuple(refused),
+            storms_started=tuple(storms),
         )
+
+    def _decide(
+        self,
+        conn: sqlite3.Connection,
+        new: runs.NewRun,
+        policy: safety.SafetyPolicy,
+        key: Any,
+        alertname: str,
+        now: float,
+        known_targets: int | None,
+        cancelled: list[str],
+        storms: list[runs.StormKey],
+    ) -> safety.Decision:
+        """The admission decision for one candidate, with the storm bookkeeping it implies."""
+        if str(key.status) == "firing":
+            safeguards.record_sighting(conn, new, alertname, now)
+        snapshot = safeguards.snapshot(
+            conn, new, policy, alertname, now=now, known_targets=known_targets
+        )
+        decision = safety.decide_admission(policy, snapshot, now=now)
+        storm_key = runs.StormKey(playbook=new.playbook, alertname=alertname)
+        storm_id = safeguards.active_storm(conn, storm_key)
+        storming = safety.is_storm(
+            policy.storm, targets=snapshot.storm_targets, known=known_targets
+        )
+        if storming and storm_id is None and not snapshot.paused:
+            _append(
+                conn,
+                [safeguards.start_storm(conn, storm_key, targets=snapshot.storm_targets, now=now)],
+                now,
+            )
+            storms.append(storm_key)
+            # Per-target remediation of this alert is suspended: runs not yet started go too.
+            cancelled.extend(
+                _cancel_queued_where(
+                    conn,
+                    "playbook = ? AND alertname = ?",
+                    (new.playbook, alertname),
+                    reason="storm",
+                    now=now,
+                )
+            )
+        elif not storming and storm_id is not None:
+            _append(
+                conn,
+                [
+                    safeguards.end_storm(
+                        conn, storm_id, storm_key, targets=snapshot.storm_targets, now=now
+                    )
+                ],
+                now,
+            )
+        return decision
 
     def _verify_blocking(self, stop: threading.Event) -> auditing.ChainReport:
         executor = self._require_open()
@@ -875,22 +1142,45 @@ def _transition(
 
 
 def _cancel_queued(conn: sqlite3.Connection, fingerprint: str, now: float) -> tuple[str, ...]:
-    reason = "alert_resolved"
+    return tuple(
+        _cancel_queued_where(
+            conn, "fingerprint = ?", (fingerprint,), reason="alert_resolved", now=now
+        )
+    )
+
+
+def _cancel_queued_where(
+    conn: sqlite3.Connection, where: str, values: tuple[object, ...], *, reason: str, now: float
+) -> list[str]:
+    """Cancel the QUEUED runs matching ``where`` (a constant SQL fragment), oldest first."""
     ids = [
         row[0]
         for row in conn.execute(
-            "SELECT run_id FROM runs WHERE fingerprint = ? AND status = ? ORDER BY created_at, id",
-            (fingerprint, str(runs.RunStatus.QUEUED)),
+            f"SELECT run_id FROM runs WHERE {where} AND status = ?"  # noqa: S608 - constant
+            " ORDER BY created_at, id",
+            (*values, str(runs.RunStatus.QUEUED)),
         )
     ]
     for run_id in ids:
-        conn.execute(
-            "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
-            (str(runs.RunStatus.CANCELLED), now, reason, run_id),
-        )
-        record = _fetch_run(conn, run_id)
-        _append(conn, [_run_event(runs.AuditKind.RUN_CANCELLED, record, reason)], now)
-    return tuple(ids)
+        _cancel_run(conn, run_id, reason, now)
+    return ids
+
+
+def _cancel_run(
+    conn: sqlite3.Connection,
+    run_id: str,
+    reason: str,
+    now: float,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
+        (str(runs.RunStatus.CANCELLED), now, reason, run_id),
+    )
+    event = _run_event(runs.AuditKind.RUN_CANCELLED, _fetch_run(conn, run_id), reason)
+    if details:
+        event = dataclasses.replace(event, details={**event.details, **details})
+    _append(conn, [event], now)
 
 
 def _run_event(kind: runs.AuditKind, run: runs.RunRecord, reason: str) -> runs.AuditEvent:

@@ -12,6 +12,17 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Permission:
+    """One RBAC rule an action needs; the Helm chart and kustomize base grant exactly these."""
+
+    api_group: str
+    """"" for the core group."""
+    resource: str
+    """Plural, with subresource if any: ``deployments``, ``deployments/scale``, ``pods/log``."""
+    verbs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ActionSpec:
     name: str
     """The playbook's ``action:`` value, e.g. ``k8s.rollout_restart``."""
@@ -27,6 +38,8 @@ class ActionSpec:
     mutating_when: Callable[[Any], bool] | None = None
     """For actions whose danger depends on params (``http.request`` with GET is read-only)."""
     description: str = ""
+    permissions: tuple[Permission, ...] = ()
+    """Kubernetes RBAC the action needs (issue: least-privilege RBAC derived from the registry)."""
 
     def is_mutating(self, params: object) -> bool:
         if self.mutating_when is not None:

@@ -127,7 +127,7 @@ def parse_webhook(raw: object) -> Webhook:
 def _parse_alert(reader: _Reader, raw: object, path: str) -> Alert:
     item = reader.mapping(raw, path)
     fingerprint = reader.string(item.get("fingerprint"), f"{path}.fingerprint")
-    if not FINGERPRINT.match(fingerprint):
+    if not FINGERPRINT.fullmatch(fingerprint):
         reader.fail(f"{path}.fingerprint", "must be 1-64 hexadecimal characters")
     labels = reader.labels(item.get("labels"), f"{path}.labels")
     if "alertname" not in labels:
@@ -190,7 +190,7 @@ class _Reader:
     def labels(self, raw: object, path: str) -> Mapping[str, str]:
         mapping = self.mapping(raw, path)
         for name, value in mapping.items():
-            if not LABEL_NAME.match(name):
+            if not LABEL_NAME.fullmatch(name):
                 self.fail(f"{path}.{name[:64]}", "is not a valid label name")
             self._value(value, f"{path}.{name}")
         return MappingProxyType(dict(mapping))

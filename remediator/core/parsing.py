@@ -7,6 +7,8 @@ never mutates its input.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,13 +16,14 @@ from typing import Any
 
 import yaml
 
-from remediator.core import durations, matching
+from remediator.core import durations, matching, safety, scope
 from remediator.core.alerts import AlertStatus
 from remediator.core.errors import Problem
 from remediator.core.playbooks import Playbook, RetryPolicy, Step, Trigger, Verification
 
 Path = tuple[str | int, ...]
 DEFAULT_STEP_TIMEOUT = 30.0
+DEFAULT_POLICY = safety.SafetyPolicy()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,8 +109,14 @@ def _index_lines(
             _index_lines(item, (*path, index), lines, problems, source)
 
 
-def parse_playbook(raw: Mapping[str, Any], *, source: str, line: int | None = None) -> Playbook:
-    """Build a Playbook from a validated document."""
+def parse_playbook(
+    raw: Mapping[str, Any],
+    *,
+    source: str,
+    line: int | None = None,
+    defaults: safety.SafetyPolicy = DEFAULT_POLICY,
+) -> Playbook:
+    """Build a Playbook from a validated document; its ``safety:`` overrides ``defaults``."""
     trigger = raw["trigger"]
     statuses = trigger.get("status", "firing")
     if isinstance(statuses, str):
@@ -125,6 +134,8 @@ def parse_playbook(raw: Mapping[str, Any], *, source: str, line: int | None = No
         ),
         target=raw["target"],
         dry_run=raw.get("dry_run", False),
+        safety=merge_policy(defaults, raw.get("safety", {})),
+        labels_used=scope.referenced_labels(template_sources(raw)),
         steps=tuple(_parse_step(s) for s in raw["steps"]),
         on_failure=tuple(_parse_step(s) for s in raw.get("on_failure", ())),
         verify=None
@@ -135,6 +146,57 @@ def parse_playbook(raw: Mapping[str, Any], *, source: str, line: int | None = No
             interval=durations.parse_duration(verify.get("interval", 10)),
         ),
     )
+
+
+def merge_policy(base: Any, overrides: Mapping[str, Any]) -> Any:
+    """``base`` (a frozen policy dataclass) with the keys of ``overrides`` replaced, nested
+    policies merged key by key, durations parsed; ``null`` disables an optional limit."""
+    changes: dict[str, Any] = {}
+    hints = typing.get_type_hints(type(base))
+    for key, value in overrides.items():
+        current = getattr(base, key)
+        kind = hints[key]
+        if value is None:
+            changes[key] = None
+        elif isinstance(value, Mapping):
+            nested = current if current is not None else _policy_type(kind)()
+            changes[key] = merge_policy(nested, value)
+        elif float in _types_of(kind) and isinstance(value, str):
+            changes[key] = durations.parse_duration(value)
+        elif float in _types_of(kind) and isinstance(value, int):
+            changes[key] = float(value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(base, **changes)
+
+
+def _types_of(kind: Any) -> tuple[Any, ...]:
+    return typing.get_args(kind) or (kind,)
+
+
+def _policy_type(kind: Any) -> Any:
+    return next(t for t in _types_of(kind) if dataclasses.is_dataclass(t))
+
+
+def template_sources(raw: Mapping[str, Any]) -> list[str]:
+    """Every string of a playbook document that is rendered or evaluated against an alert."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(raw.get("target", ""))
+    for key in ("steps", "on_failure"):
+        walk(raw.get(key, []))
+    walk(raw.get("verify", {}))
+    return found
 
 
 def _parse_step(raw: Mapping[str, Any]) -> Step:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from remediator.core import matching, templating
-from remediator.core.alerts import Alert, AlertStatus
+from remediator.core import matching, scope, templating
+from remediator.core.alerts import Alert, AlertStatus, DedupeKey
 from remediator.core.errors import TemplateError
 from remediator.core.playbooks import Playbook, PlaybookSet, RetryPolicy
 from remediator.core.runs import Admission, AuditEvent, AuditKind, NewRun
@@ -20,11 +20,15 @@ MAX_TARGET_LENGTH = 253
 
 
 class NotRun:
-    """Reasons an alert or a candidate run does not run; bounded, so usable as metric labels."""
+    """Reasons an alert or a candidate run does not run; bounded, so usable as metric labels.
+
+    The safety envelope adds its own (:class:`remediator.core.safety.Refusal`).
+    """
 
     NO_MATCHING_PLAYBOOK = "no_matching_playbook"
     RESOLVED_NO_PLAYBOOK = "resolved_without_playbook"
     TARGET_UNRENDERABLE = "target_unrenderable"
+    SCOPE = "scope"
     ALERT_RESOLVED = "alert_resolved"
     DUPLICATE = "duplicate"
     SHUTDOWN = "shutdown"
@@ -67,6 +71,24 @@ def plan_admission(
             AuditEvent(kind=AuditKind.ALERT_NOT_RUN, **alert_fields(alert), reason=reason)
         )
     for playbook in matched:
+        problems = scope.check_labels(alert.labels, playbook.labels_used)
+        if problems:
+            # Refused before anything is rendered: the value is data that never gets evaluated.
+            events.append(
+                AuditEvent(
+                    kind=AuditKind.ALERT_NOT_RUN,
+                    **alert_fields(alert),
+                    playbook=playbook.name,
+                    reason=NotRun.SCOPE,
+                    details={
+                        "problems": [
+                            {"field": p.field, "value": p.value, "message": p.message}
+                            for p in problems
+                        ]
+                    },
+                )
+            )
+            continue
         target, error = render_target(playbook, alert)
         if target is None:
             events.append(
@@ -79,21 +101,13 @@ def plan_admission(
                 )
             )
             continue
-        run = NewRun(
-            run_id=make_run_id(),
-            playbook=playbook.name,
-            target=target,
-            dry_run=dry_run or playbook.dry_run,
-        )
-        runs.append(run)
-        events.append(
-            AuditEvent(
-                kind=AuditKind.RUN_QUEUED,
-                run_id=run.run_id,
-                **alert_fields(alert),
+        runs.append(
+            NewRun(
+                run_id=make_run_id(),
                 playbook=playbook.name,
                 target=target,
-                details={"dry_run": run.dry_run},
+                dry_run=dry_run or playbook.dry_run,
+                policy=playbook.safety,
             )
         )
     return Admission(
@@ -102,6 +116,33 @@ def plan_admission(
         runs=tuple(runs),
         events=tuple(events),
         cancel_queued_runs=alert.status is AlertStatus.RESOLVED,
+    )
+
+
+def queued_event(key: DedupeKey, alertname: str, run: NewRun) -> AuditEvent:
+    return AuditEvent(
+        kind=AuditKind.RUN_QUEUED,
+        run_id=run.run_id,
+        fingerprint=key.fingerprint,
+        alertname=alertname,
+        playbook=run.playbook,
+        target=run.target,
+        details={"dry_run": run.dry_run},
+    )
+
+
+def refused_event(
+    key: DedupeKey, alertname: str, run: NewRun, refusal: str, details: dict[str, Any]
+) -> AuditEvent:
+    """A candidate run a safeguard stopped: "not run, because"."""
+    return AuditEvent(
+        kind=AuditKind.ALERT_NOT_RUN,
+        fingerprint=key.fingerprint,
+        alertname=alertname,
+        playbook=run.playbook,
+        target=run.target,
+        reason=str(refusal),
+        details=details,
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remediator.core.alerts import AlertStatus
+from remediator.core.safety import SafetyPolicy
 
 
 class MatchOp(enum.StrEnum):
@@ -99,6 +100,9 @@ class Playbook:
     on_failure: tuple[Step, ...] = ()
     verify: Verification | None = None
     dry_run: bool = False
+    safety: SafetyPolicy = field(default_factory=SafetyPolicy)
+    labels_used: frozenset[str] = frozenset()
+    """Alert labels the templates read; their values are scope-checked before any rendering."""
     line: int | None = None
 
     def all_steps(self) -> tuple[tuple[Phase, Step], ...]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from remediator.core.alerts import DedupeKey
+from remediator.core.safety import SafetyPolicy
 
 T = TypeVar("T")
 
@@ -54,6 +55,15 @@ class AuditKind(enum.StrEnum):
     PLAYBOOKS_RELOAD_FAILED = "playbooks_reload_failed"
     DAEMON_STARTED = "daemon_started"
     DAEMON_STOPPED = "daemon_stopped"
+    STORM_STARTED = "storm_started"
+    STORM_ENDED = "storm_ended"
+    BREAKER_OPENED = "breaker_opened"
+    BREAKER_CLOSED = "breaker_closed"
+    PAUSED = "remediation_paused"
+    RESUMED = "remediation_resumed"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_DECIDED = "approval_decided"
+    ESCALATION_SENT = "escalation_sent"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,12 +94,15 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewRun:
-    """A run to create in the same transaction that accepts its alert."""
+    """A candidate run, created in the same transaction that accepts its alert if the safety
+    policy allows it there (the store decides, so limits are exact under concurrency)."""
 
     run_id: str
     playbook: str
     target: str
     dry_run: bool = False
+    policy: SafetyPolicy | None = None
+    """None: admitted without safety checks (tests of the store alone)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +127,25 @@ class AdmissionResult:
     duplicate: bool
     created_runs: tuple[str, ...] = ()
     cancelled_runs: tuple[str, ...] = ()
+    refused: tuple[tuple[str, str], ...] = ()
+    """(playbook, reason) of candidate runs a safeguard refused."""
+    storms_started: tuple[StormKey, ...] = ()
+    """Storms this admission declared: each gets exactly one escalation."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StormKey:
+    playbook: str
+    alertname: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Breaker:
+    playbook: str
+    target: str | None
+    """None: the breaker of the whole playbook."""
+    opened_at: float
+    closes_at: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from remediator.core import params
+from remediator.core import durations, params
 from remediator.core.actions import ActionCatalog
 
 SCHEMA_ID = "https://remediator.dev/schemas/playbook.schema.json"
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
+# Exactly what durations.parse_duration reads: "0", or units largest first, each at most once.
+# A looser pattern let "30s5m" through validation only for parsing to reject it afterwards.
+DURATION_PATTERN = (
+    "^(0|(?=[0-9])" + "".join(rf"([0-9]+(\.[0-9]+)?{unit})?" for unit, _ in durations.UNITS) + ")$"
+)
 
 _DURATION: dict[str, Any] = {
     "description": "Seconds, or a duration such as '500ms', '30s', '5m', '1h30m'.",
@@ -35,6 +39,74 @@ _RETRY: dict[str, Any] = {
         },
         "backoff": {**_DURATION, "description": "Delay before the second try; doubles, jittered."},
         "max_backoff": {**_DURATION, "description": "Upper bound of one delay."},
+    },
+}
+
+
+def _rate(description: str) -> dict[str, Any]:
+    return {
+        "description": description + " null disables it.",
+        "oneOf": [
+            {"type": "null"},
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "max_runs": {"type": "integer", "minimum": 1},
+                    "window": _DURATION,
+                },
+            },
+        ],
+    }
+
+
+_SAFETY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Overrides of the safety defaults from the daemon's config (safety.defaults).",
+    "properties": {
+        "target_rate": _rate("At most max_runs runs on one target per window."),
+        "playbook_rate": _rate("At most max_runs runs of this playbook per window."),
+        "cooldown": {**_DURATION, "description": "Quiet time on a target after any run."},
+        "max_concurrent": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "Runs of this playbook executing at once.",
+        },
+        "breaker": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "failures": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Consecutive failed/unverified runs that open it.",
+                },
+                "reset_after": {**_DURATION, "description": "Closes by itself after this."},
+            },
+        },
+        "storm": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_targets": {"type": "integer", "minimum": 1},
+                "max_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                "window": _DURATION,
+                "playbook": {
+                    "type": ["string", "null"],
+                    "description": "Platform-level playbook run once per storm.",
+                },
+            },
+        },
+        "allow_destructive": {"type": "boolean", "description": "Opt in to destructive actions."},
+        "approval": {
+            "enum": ["never", "destructive", "always"],
+            "description": "Steps that wait for an operator's approval.",
+        },
+        "approval_timeout": {
+            **_DURATION,
+            "description": "Waiting longer than this rejects the run.",
+        },
     },
 }
 
@@ -128,6 +200,7 @@ def playbook_schema(catalog: ActionCatalog | None = None) -> dict[str, Any]:
                 "type": "boolean",
                 "description": "Mutating steps of this playbook only report what they would do.",
             },
+            "safety": _SAFETY,
             "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/step"}},
             "on_failure": {
                 "type": "array",

@@ -18,18 +18,32 @@ from remediator.core.actions import ActionCatalog
 from remediator.core.errors import PlaybookError, Problem, TemplateError
 from remediator.core.parsing import Document
 from remediator.core.playbooks import Playbook, PlaybookSet
+from remediator.core.safety import SafetyPolicy
 
 _STRUCTURE = jsonschema.Draft202012Validator(schema.playbook_schema())
 
 
-def validate(doc: Document, catalog: ActionCatalog) -> list[Problem]:
+DEFAULT_POLICY = SafetyPolicy()
+
+
+def validate(
+    doc: Document, catalog: ActionCatalog, *, defaults: SafetyPolicy = DEFAULT_POLICY
+) -> list[Problem]:
     problems = _structural(doc)
     if isinstance(doc.raw, Mapping):
         problems.extend(_semantic(doc, doc.raw, catalog))
+        if not problems:
+            problems.extend(_destructive(doc, doc.raw, catalog, defaults))
     return sorted(problems, key=lambda p: (p.line or 0, p.path))
 
 
-def load_set(files: Mapping[str, str], catalog: ActionCatalog, *, digest: str = "") -> PlaybookSet:
+def load_set(
+    files: Mapping[str, str],
+    catalog: ActionCatalog,
+    *,
+    digest: str = "",
+    defaults: SafetyPolicy = DEFAULT_POLICY,
+) -> PlaybookSet:
     """Parse and validate whole files; raise :class:`PlaybookError` with every problem."""
     problems: list[Problem] = []
     playbooks: list[Playbook] = []
@@ -37,11 +51,20 @@ def load_set(files: Mapping[str, str], catalog: ActionCatalog, *, digest: str = 
         documents, syntax = parsing.read_documents(text, source=source)
         problems.extend(syntax)
         for doc in documents:
-            found = validate(doc, catalog)
+            found = validate(doc, catalog, defaults=defaults)
             problems.extend(found)
-            if not found:
-                playbooks.append(parsing.parse_playbook(doc.raw, source=source, line=doc.line))
+            if found:
+                continue
+            try:
+                playbooks.append(
+                    parsing.parse_playbook(doc.raw, source=source, line=doc.line, defaults=defaults)
+                )
+            except ValueError as e:
+                # What the schema cannot express (a duration of .inf or .nan) must still be a
+                # problem of this file, not a crash of the loader.
+                problems.append(Problem(source=source, path="", line=doc.line, message=str(e)))
     problems.extend(_duplicates(playbooks))
+    problems.extend(_storm_playbooks(playbooks))
     if problems:
         raise PlaybookError(problems)
     return PlaybookSet(playbooks=tuple(playbooks), digest=digest)
@@ -158,6 +181,44 @@ def _template(
     except TemplateError as e:
         return [_problem(doc, path, f"bad template: {e}")]
     return []
+
+
+def _destructive(
+    doc: Document, raw: Mapping[str, Any], catalog: ActionCatalog, defaults: SafetyPolicy
+) -> list[Problem]:
+    """Destructive actions need an explicit opt-in; the engine enforces it again at run time."""
+    overrides = raw.get("safety", {})
+    allowed = overrides.get("allow_destructive", defaults.allow_destructive)
+    if allowed:
+        return []
+    problems = []
+    for phase_path, steps in _phases(raw):
+        for i, step in enumerate(steps):
+            spec = catalog.spec(step["action"])
+            if spec is not None and spec.destructive:
+                problems.append(
+                    _problem(
+                        doc,
+                        (*phase_path, i, "action"),
+                        f"{step['action']!r} is destructive: set safety.allow_destructive: true "
+                        "to opt in",
+                    )
+                )
+    return problems
+
+
+def _storm_playbooks(playbooks: list[Playbook]) -> list[Problem]:
+    names = {p.name for p in playbooks}
+    return [
+        Problem(
+            source=p.source,
+            line=p.line,
+            path="safety.storm.playbook",
+            message=f"no playbook named {p.safety.storm.playbook!r}",
+        )
+        for p in playbooks
+        if p.safety.storm.playbook is not None and p.safety.storm.playbook not in names
+    ]
 
 
 def _duplicates(playbooks: list[Playbook]) -> list[Problem]:

@@ -104,11 +104,22 @@ async def test_new_alert_stores_runs_and_events(store: state.SqliteStateStore) -
     assert detail.run.alertname == "KubePodCrashLooping"
     assert detail.run.alert["labels"]["namespace"] == "shop"
     assert detail.run.created_at == 1000.0
-    (received,) = await all_audit(store)
+    received, queued = await all_audit(store)
     assert received.seq == 1
     assert received.time == 1000.0
     assert received.event.kind is runs.AuditKind.ALERT_RECEIVED
     assert received.prev_hash == auditing.GENESIS_HASH
+    # The store writes run_queued itself, for every run it creates.
+    assert (queued.seq, queued.time, queued.prev_hash) == (2, 1000.0, received.hash)
+    assert queued.event == runs.AuditEvent(
+        kind=runs.AuditKind.RUN_QUEUED,
+        run_id="r1",
+        fingerprint="aaa1",
+        alertname="KubePodCrashLooping",
+        playbook="restart-pod",
+        target="shop/web",
+        details={"dry_run": False},
+    )
 
 
 async def test_same_key_again_writes_only_a_duplicate_record(
@@ -121,14 +132,15 @@ async def test_same_key_again_writes_only_a_duplicate_record(
     assert results == [runs.AdmissionResult(key=admission().key, duplicate=True)]
     assert await store.get_run("r2") is None
     records = await all_audit(store)
-    assert [r.event.kind for r in records] == [
-        runs.AuditKind.ALERT_RECEIVED,
-        runs.AuditKind.ALERT_DUPLICATE,
+    assert [(r.event.kind, r.event.run_id) for r in records] == [
+        (runs.AuditKind.ALERT_RECEIVED, None),
+        (runs.AuditKind.RUN_QUEUED, "r1"),
+        (runs.AuditKind.ALERT_DUPLICATE, None),
     ]
-    duplicate = records[1].event
+    duplicate = records[2].event
     assert duplicate.details == {"first_seen": 1000.0, "runs": ["r1"]}
     assert duplicate.fingerprint == "aaa1"
-    assert records[1].time == 1060.0
+    assert records[2].time == 1060.0
 
 
 async def test_dedupe_key_survives_a_restart(db_path: Path) -> None:
@@ -273,7 +285,10 @@ async def test_run_moves_through_approval_to_finish(store: state.SqliteStateStor
     assert detail.run.status is runs.RunStatus.FAILED
     assert (detail.run.started_at, detail.run.finished_at) == (1001.0, 1004.0)
     assert detail.run.error == "scale refused"
-    assert [r.event.kind for r in detail.audit] == [runs.AuditKind.RUN_FINISHED]
+    assert [r.event.kind for r in detail.audit] == [
+        runs.AuditKind.RUN_QUEUED,
+        runs.AuditKind.RUN_FINISHED,
+    ]
 
 
 async def test_finished_run_keeps_its_outcome_and_writes_nothing(
@@ -299,7 +314,7 @@ async def test_finished_run_keeps_its_outcome_and_writes_nothing(
     assert await all_audit(store) == before
 
 
-async def test_interrupt_unfinished_touches_only_running_runs(
+async def test_interrupt_unfinished_touches_running_and_awaiting_approval_runs(
     store: state.SqliteStateStore,
 ) -> None:
     ids = ("queued", "running", "approval", "done")
@@ -311,17 +326,22 @@ async def test_interrupt_unfinished_touches_only_running_runs(
 
     interrupted = await store.interrupt_unfinished(now=1004.0, reason="daemon_restarted")
 
+    # A run awaiting approval lost the task holding its context: it is interrupted too.
     assert [(r.run_id, r.status, r.finished_at) for r in interrupted] == [
-        ("running", runs.RunStatus.INTERRUPTED, 1004.0)
+        ("running", runs.RunStatus.INTERRUPTED, 1004.0),
+        ("approval", runs.RunStatus.INTERRUPTED, 1004.0),
     ]
     assert [await status_of(store, i) for i in ids] == [
         runs.RunStatus.QUEUED,
         runs.RunStatus.INTERRUPTED,
-        runs.RunStatus.AWAITING_APPROVAL,
+        runs.RunStatus.INTERRUPTED,
         runs.RunStatus.SUCCEEDED,
     ]
     records = [r for r in await all_audit(store) if r.event.kind is runs.AuditKind.RUN_INTERRUPTED]
-    assert [(r.event.run_id, r.event.reason) for r in records] == [("running", "daemon_restarted")]
+    assert [(r.event.run_id, r.event.reason) for r in records] == [
+        ("running", "daemon_restarted"),
+        ("approval", "daemon_restarted"),
+    ]
     assert await store.interrupt_unfinished(now=1005.0, reason="again") == []
 
 
@@ -362,7 +382,11 @@ async def test_steps_and_audit_appear_in_run_detail(store: state.SqliteStateStor
     assert detail.steps[0].outcome is runs.StepOutcome.DRY_RUN
     assert detail.steps[0].output == {"would": "restart"}
     # record_step has no ``now`` of its own here, so the injected clock dates its events.
-    assert [r.time for r in detail.audit] == [5000.0, 5000.0]
+    assert [(r.event.kind, r.time) for r in detail.audit] == [
+        (runs.AuditKind.RUN_QUEUED, 1000.0),
+        (runs.AuditKind.STEP_FINISHED, 5000.0),
+        (runs.AuditKind.STEP_FINISHED, 5000.0),
+    ]
     with pytest.raises(state.StateError):
         await store.record_step(detail.steps[0])  # the same index twice
     with pytest.raises(state.StateError):
@@ -465,7 +489,13 @@ async def test_query_audit_filters_and_pages(store: state.SqliteStateStore) -> N
     )
     assert [r.time for r in page.items] == [1003.0, 1004.0, 1005.0]
     page = await store.query_audit(runs.RunFilter(alertname="HighLatency", until=1004.0))
-    assert [r.seq for r in page.items] == [2, 4]
+    # Each admission writes alert_received then run_queued: alerts 1 and 3 are HighLatency.
+    assert [(r.seq, r.event.kind) for r in page.items] == [
+        (3, runs.AuditKind.ALERT_RECEIVED),
+        (4, runs.AuditKind.RUN_QUEUED),
+        (7, runs.AuditKind.ALERT_RECEIVED),
+        (8, runs.AuditKind.RUN_QUEUED),
+    ]
 
     seqs: list[int] = []
     cursor: str | None = None
@@ -647,7 +677,10 @@ async def test_readonly_store_reads_a_live_file_and_cannot_write(
         assert (await reader.verify_audit()).intact
 
     assert await store.get_setting("paused") == "true"
-    assert len(await all_audit(store)) == 1
+    assert [r.event.kind for r in await all_audit(store)] == [
+        runs.AuditKind.ALERT_RECEIVED,
+        runs.AuditKind.RUN_QUEUED,
+    ]
 
 
 async def test_readonly_needs_an_existing_store(tmp_path: Path) -> None:

@@ -1,0 +1,326 @@
+"""SQL for the safety envelope, run inside the state store's transactions.
+
+Each function takes the open connection of the caller's transaction, so a snapshot and the
+decision written from it are atomic. The decisions themselves are in :mod:`remediator.core.safety`.
+Expiry is lazy: an open breaker past its ``closes_at`` or a storm whose window has emptied is
+closed by the next call that looks at it, which returns the audit events to record.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from remediator.core import safety
+from remediator.core.runs import AuditEvent, AuditKind, Breaker, NewRun, StormKey
+
+PAUSED_KEY = "paused"
+SIGHTING_RETENTION = 86400.0
+"""Seconds of sightings kept; longer than any sensible storm window."""
+COUNTED_STATUSES = (
+    "queued",
+    "running",
+    "awaiting_approval",
+    "succeeded",
+    "failed",
+    "unverified",
+    "interrupted",
+    "rejected",
+)
+"""Runs that count against rate limits: all but the cancelled (which never acted)."""
+JUDGED_STATUSES = ("succeeded", "failed", "unverified")
+"""Outcomes a breaker judges; interrupted or rejected runs say nothing about the playbook."""
+
+MIGRATION = """
+    -- A firing alert seen for a target, for storm detection (distinct targets per window).
+    CREATE TABLE sightings (
+        playbook TEXT NOT NULL,
+        alertname TEXT NOT NULL,
+        target TEXT NOT NULL,
+        seen_at REAL NOT NULL
+    );
+    CREATE INDEX sightings_by_alert ON sightings (playbook, alertname, seen_at);
+    CREATE TABLE storms (
+        id INTEGER PRIMARY KEY,
+        playbook TEXT NOT NULL,
+        alertname TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        targets INTEGER NOT NULL
+    );
+    CREATE INDEX storms_active ON storms (playbook, alertname, ended_at);
+    -- target '' is the breaker of the whole playbook.
+    CREATE TABLE breakers (
+        id INTEGER PRIMARY KEY,
+        playbook TEXT NOT NULL,
+        target TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        closes_at REAL NOT NULL,
+        closed_at REAL,
+        closed_by TEXT
+    );
+    CREATE INDEX breakers_by_key ON breakers (playbook, target, closed_at);
+"""
+
+
+def paused(conn: sqlite3.Connection) -> dict[str, object] | None:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (PAUSED_KEY,)).fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def set_paused(conn: sqlite3.Connection, state: dict[str, object] | None) -> None:
+    if state is None:
+        conn.execute("DELETE FROM settings WHERE key = ?", (PAUSED_KEY,))
+    else:
+        conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (PAUSED_KEY, json.dumps(state, sort_keys=True)),
+        )
+
+
+def record_sighting(conn: sqlite3.Connection, run: NewRun, alertname: str, now: float) -> None:
+    conn.execute(
+        "DELETE FROM sightings WHERE playbook = ? AND alertname = ? AND seen_at < ?",
+        (run.playbook, alertname, now - SIGHTING_RETENTION),
+    )
+    conn.execute(
+        "INSERT INTO sightings (playbook, alertname, target, seen_at) VALUES (?, ?, ?, ?)",
+        (run.playbook, alertname, run.target, now),
+    )
+
+
+def storm_targets(conn: sqlite3.Connection, playbook: str, alertname: str, *, since: float) -> int:
+    row = conn.execute(
+        "SELECT COUNT(DISTINCT target) FROM sightings"
+        " WHERE playbook = ? AND alertname = ? AND seen_at >= ?",
+        (playbook, alertname, since),
+    ).fetchone()
+    return int(row[0])
+
+
+def active_storm(conn: sqlite3.Connection, key: StormKey) -> int | None:
+    row = conn.execute(
+        "SELECT id FROM storms WHERE playbook = ? AND alertname = ? AND ended_at IS NULL",
+        (key.playbook, key.alertname),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def start_storm(conn: sqlite3.Connection, key: StormKey, *, targets: int, now: float) -> AuditEvent:
+    conn.execute(
+        "INSERT INTO storms (playbook, alertname, started_at, targets) VALUES (?, ?, ?, ?)",
+        (key.playbook, key.alertname, now, targets),
+    )
+    return AuditEvent(
+        kind=AuditKind.STORM_STARTED,
+        playbook=key.playbook,
+        alertname=key.alertname,
+        outcome="started",
+        details={"targets": targets},
+    )
+
+
+def end_storm(
+    conn: sqlite3.Connection, storm_id: int, key: StormKey, *, targets: int, now: float
+) -> AuditEvent:
+    conn.execute("UPDATE storms SET ended_at = ? WHERE id = ?", (now, storm_id))
+    return AuditEvent(
+        kind=AuditKind.STORM_ENDED,
+        playbook=key.playbook,
+        alertname=key.alertname,
+        outcome="ended",
+        details={"targets": targets},
+    )
+
+
+def active_storms(conn: sqlite3.Connection) -> list[StormKey]:
+    rows = conn.execute(
+        "SELECT DISTINCT playbook, alertname FROM storms WHERE ended_at IS NULL"
+    ).fetchall()
+    return [StormKey(playbook=r[0], alertname=r[1]) for r in rows]
+
+
+def count_runs(
+    conn: sqlite3.Connection,
+    *,
+    since: float,
+    playbook: str | None = None,
+    target: str | None = None,
+) -> int:
+    clauses, values = ["created_at >= ?"], [since]
+    if playbook is not None:
+        clauses.append("playbook = ?")
+        values.append(playbook)  # type: ignore[arg-type]
+    if target is not None:
+        clauses.append("target = ?")
+        values.append(target)  # type: ignore[arg-type]
+    marks = ", ".join("?" * len(COUNTED_STATUSES))
+    row = conn.execute(
+        f"SELECT COUNT(*) FROM runs WHERE {' AND '.join(clauses)}"  # noqa: S608 - constants
+        f" AND status IN ({marks})",
+        (*values, *COUNTED_STATUSES),
+    ).fetchone()
+    return int(row[0])
+
+
+def last_finished_on_target(conn: sqlite3.Connection, target: str) -> float | None:
+    row = conn.execute(
+        "SELECT MAX(finished_at) FROM runs WHERE target = ? AND started_at IS NOT NULL",
+        (target,),
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def expire_breakers(conn: sqlite3.Connection, *, now: float) -> list[AuditEvent]:
+    """Close breakers whose time is up; the events say so."""
+    rows = conn.execute(
+        "SELECT id, playbook, target, opened_at, closes_at FROM breakers"
+        " WHERE closed_at IS NULL AND closes_at <= ?",
+        (now,),
+    ).fetchall()
+    events = []
+    for row_id, playbook, target, opened_at, closes_at in rows:
+        conn.execute(
+            "UPDATE breakers SET closed_at = ?, closed_by = ? WHERE id = ?",
+            (closes_at, "timeout", row_id),
+        )
+        events.append(
+            AuditEvent(
+                kind=AuditKind.BREAKER_CLOSED,
+                playbook=playbook,
+                target=target or None,
+                outcome="closed",
+                reason="timeout",
+                details={"opened_at": opened_at, "closed_by": "timeout"},
+            )
+        )
+    return events
+
+
+def breaker_open(conn: sqlite3.Connection, playbook: str, target: str, *, now: float) -> bool:
+    # An expired breaker counts as closed even before expire_breakers() has marked it: a
+    # read-only preview does not expire anything, and must decide as admit() will.
+    row = conn.execute(
+        "SELECT 1 FROM breakers WHERE playbook = ? AND target IN (?, '') AND closed_at IS NULL"
+        " AND closes_at > ?",
+        (playbook, target, now),
+    ).fetchone()
+    return row is not None
+
+
+def open_breakers(conn: sqlite3.Connection, *, now: float) -> list[Breaker]:
+    # closes_at as well: a read-only store (the CLI) cannot expire breakers first.
+    rows = conn.execute(
+        "SELECT playbook, target, opened_at, closes_at FROM breakers WHERE closed_at IS NULL"
+        " AND closes_at > ? ORDER BY opened_at",
+        (now,),
+    ).fetchall()
+    return [
+        Breaker(playbook=r[0], target=r[1] or None, opened_at=r[2], closes_at=r[3]) for r in rows
+    ]
+
+
+def trip_breakers(
+    conn: sqlite3.Connection,
+    playbook: str,
+    target: str,
+    policy: safety.BreakerPolicy,
+    *,
+    now: float,
+) -> list[Breaker]:
+    """After a run finished: open the (playbook, target) and playbook breakers that trip."""
+    opened = []
+    for key in (target, ""):
+        if conn.execute(
+            "SELECT 1 FROM breakers WHERE playbook = ? AND target = ? AND closed_at IS NULL",
+            (playbook, key),
+        ).fetchone():
+            continue
+        last_close = conn.execute(
+            "SELECT MAX(closed_at) FROM breakers WHERE playbook = ? AND target = ?",
+            (playbook, key),
+        ).fetchone()[0]
+        marks = ", ".join("?" * len(JUDGED_STATUSES))
+        target_clause = "AND target = ?" if key else ""
+        rows = conn.execute(
+            f"SELECT status FROM runs WHERE playbook = ? {target_clause}"  # noqa: S608
+            f" AND status IN ({marks}) AND finished_at > ? ORDER BY finished_at DESC, id DESC"
+            " LIMIT ?",
+            (
+                playbook,
+                *((key,) if key else ()),
+                *JUDGED_STATUSES,
+                last_close or 0.0,
+                policy.failures,
+            ),
+        ).fetchall()
+        if safety.breaker_trips(policy, [r[0] for r in rows]):
+            closes_at = now + policy.reset_after
+            conn.execute(
+                "INSERT INTO breakers (playbook, target, opened_at, closes_at) VALUES (?, ?, ?, ?)",
+                (playbook, key, now, closes_at),
+            )
+            opened.append(
+                Breaker(playbook=playbook, target=key or None, opened_at=now, closes_at=closes_at)
+            )
+    return opened
+
+
+def close_breakers(
+    conn: sqlite3.Connection, playbook: str, target: str | None, *, by: str, now: float
+) -> list[AuditEvent]:
+    """An operator's reset; ``target`` None closes every breaker of the playbook."""
+    if target is None:
+        rows = conn.execute(
+            "SELECT id, target FROM breakers WHERE playbook = ? AND closed_at IS NULL",
+            (playbook,),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT id, target FROM breakers WHERE playbook = ? AND target = ?"
+            " AND closed_at IS NULL",
+            (playbook, target),
+        ).fetchall()
+    events = []
+    for row_id, key in rows:
+        conn.execute(
+            "UPDATE breakers SET closed_at = ?, closed_by = ? WHERE id = ?", (now, by, row_id)
+        )
+        events.append(
+            AuditEvent(
+                kind=AuditKind.BREAKER_CLOSED,
+                playbook=playbook,
+                target=key or None,
+                outcome="closed",
+                reason="operator_reset",
+                details={"closed_by": by},
+            )
+        )
+    return events
+
+
+def snapshot(
+    conn: sqlite3.Connection,
+    run: NewRun,
+    policy: safety.SafetyPolicy,
+    alertname: str,
+    *,
+    now: float,
+    known_targets: int | None,
+) -> safety.Snapshot:
+    return safety.Snapshot(
+        paused=paused(conn) is not None,
+        target_runs=count_runs(conn, since=now - policy.target_rate.window, target=run.target)
+        if policy.target_rate
+        else 0,
+        playbook_runs=count_runs(
+            conn, since=now - policy.playbook_rate.window, playbook=run.playbook
+        )
+        if policy.playbook_rate
+        else 0,
+        last_finished_on_target=last_finished_on_target(conn, run.target),
+        breaker_open=breaker_open(conn, run.playbook, run.target, now=now),
+        storm_targets=storm_targets(conn, run.playbook, alertname, since=now - policy.storm.window),
+        known_targets=known_targets,
+    )

@@ -14,7 +14,8 @@ import sqlite3
 from remediator.core import safety
 from remediator.core.runs import AuditEvent, AuditKind, Breaker, NewRun, StormKey
 
-PAUSED_KEY = "paused"
+PAUSED_KEY = "safety.paused"
+"""Namespaced, so a general setting called ``paused`` cannot collide with the kill switch."""
 SIGHTING_RETENTION = 86400.0
 """Seconds of sightings kept; longer than any sensible storm window."""
 COUNTED_STATUSES = (

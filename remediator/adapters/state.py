@@ -949,7 +949,16 @@ class SqliteStateStore:
         for new in admission.runs:
             if new.policy is not None:
                 decision = self._decide(
-                    conn, new, new.policy, key, alertname, now, known_targets, cancelled, storms
+                    conn,
+                    new,
+                    new.policy,
+                    key,
+                    alertname,
+                    now,
+                    known_targets,
+                    cancelled,
+                    storms,
+                    created,
                 )
                 if decision.refusal is not None:
                     refused.append((new.playbook, str(decision.refusal)))
@@ -963,22 +972,7 @@ class SqliteStateStore:
                         now,
                     )
                     continue
-            conn.execute(
-                "INSERT INTO runs (run_id, fingerprint, alert_starts_at, alert_status, alertname,"
-                " playbook, target, status, dry_run, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    new.run_id,
-                    *key_values,
-                    alertname,
-                    new.playbook,
-                    new.target,
-                    str(runs.RunStatus.QUEUED),
-                    int(new.dry_run),
-                    now,
-                ),
-            )
-            _append(conn, [planning.queued_event(key, alertname, new)], now)
+            _insert_run(conn, new, key, alertname, now)
             created.append(new.run_id)
         return runs.AdmissionResult(
             key=key,
@@ -1000,6 +994,7 @@ class SqliteStateStore:
         known_targets: int | None,
         cancelled: list[str],
         storms: list[runs.StormKey],
+        created: list[str],
     ) -> safety.Decision:
         """The admission decision for one candidate, with the storm bookkeeping it implies."""
         if str(key.status) == "firing":
@@ -1030,6 +1025,10 @@ class SqliteStateStore:
                     now=now,
                 )
             )
+            if new.on_storm is not None:
+                # The declared platform-level playbook runs once, instead of per-target runs.
+                _insert_run(conn, new.on_storm, key, alertname, now)
+                created.append(new.on_storm.run_id)
         elif not storming and storm_id is not None:
             _append(
                 conn,
@@ -1139,6 +1138,29 @@ def _transition(
     if row is None:
         raise RunStateError(f"no run {run_id!r}")
     raise RunStateError(f"run {run_id!r} is {row[0]}, it cannot become {to}")
+
+
+def _insert_run(
+    conn: sqlite3.Connection, new: runs.NewRun, key: Any, alertname: str, now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO runs (run_id, fingerprint, alert_starts_at, alert_status, alertname,"
+        " playbook, target, status, dry_run, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            new.run_id,
+            key.fingerprint,
+            key.starts_at,
+            str(key.status),
+            alertname,
+            new.playbook,
+            new.target,
+            str(runs.RunStatus.QUEUED),
+            int(new.dry_run),
+            now,
+        ),
+    )
+    _append(conn, [planning.queued_event(key, alertname, new)], now)
 
 
 def _cancel_queued(conn: sqlite3.Connection, fingerprint: str, now: float) -> tuple[str, ...]:

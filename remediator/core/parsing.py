@@ -154,20 +154,44 @@ def merge_policy(base: Any, overrides: Mapping[str, Any]) -> Any:
     changes: dict[str, Any] = {}
     hints = typing.get_type_hints(type(base))
     for key, value in overrides.items():
-        current = getattr(base, key)
-        kind = hints[key]
+        kind, current = hints[key], getattr(base, key)
         if value is None:
             changes[key] = None
         elif isinstance(value, Mapping):
-            nested = current if current is not None else _policy_type(kind)()
-            changes[key] = merge_policy(nested, value)
-        elif float in _types_of(kind) and isinstance(value, str):
-            changes[key] = durations.parse_duration(value)
-        elif float in _types_of(kind) and isinstance(value, int):
-            changes[key] = float(value)
+            changes[key] = (
+                merge_policy(current, value)
+                if current is not None
+                else _new_policy(_policy_type(kind), value, key)
+            )
         else:
-            changes[key] = value
+            changes[key] = _scalar(kind, value)
     return dataclasses.replace(base, **changes)
+
+
+def _new_policy(policy_type: Any, values: Mapping[str, Any], path: str) -> Any:
+    """A nested policy the defaults left off (``null``): every required field must be given."""
+    hints = typing.get_type_hints(policy_type)
+    fields = {
+        key: _new_policy(_policy_type(hints[key]), value, f"{path}.{key}")
+        if isinstance(value, Mapping)
+        else _scalar(hints[key], value)
+        for key, value in values.items()
+    }
+    try:
+        return policy_type(**fields)
+    except TypeError as e:
+        missing = [f.name for f in dataclasses.fields(policy_type) if f.name not in values]
+        raise ValueError(
+            f"safety.{path} is off by default, so it needs {' and '.join(missing)} too"
+        ) from e
+
+
+def _scalar(kind: Any, value: Any) -> Any:
+    if float in _types_of(kind) and isinstance(value, str):
+        return durations.parse_duration(value)
+    if float in _types_of(kind) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _types_of(kind: Any) -> tuple[Any, ...]:

@@ -119,6 +119,31 @@ def plan_admission(
     )
 
 
+def _storm_run(
+    playbook: Playbook,
+    alert: Alert,
+    playbooks: PlaybookSet,
+    make_run_id: Callable[[], str],
+    *,
+    dry_run: bool,
+) -> NewRun | None:
+    """The declared platform-level playbook's run, prepared in case this alert starts a storm."""
+    name = playbook.safety.storm.playbook
+    platform = playbooks.by_name(name) if name else None
+    if platform is None or scope.check_labels(alert.labels, platform.labels_used):
+        return None
+    target, _ = render_target(platform, alert)
+    if target is None:
+        return None
+    return NewRun(
+        run_id=make_run_id(),
+        playbook=platform.name,
+        target=target,
+        dry_run=dry_run or platform.dry_run,
+        policy=None,
+    )
+
+
 def queued_event(key: DedupeKey, alertname: str, run: NewRun) -> AuditEvent:
     return AuditEvent(
         kind=AuditKind.RUN_QUEUED,

@@ -103,6 +103,9 @@ class NewRun:
     dry_run: bool = False
     policy: SafetyPolicy | None = None
     """None: admitted without safety checks (tests of the store alone)."""
+    on_storm: NewRun | None = None
+    """The platform-level run (``safety.storm.playbook``) to queue, once, if this candidate
+    starts a storm; without one the engine sends a storm escalation instead."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

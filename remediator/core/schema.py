@@ -20,7 +20,7 @@ DURATION_PATTERN = (
     "^(0|(?=[0-9])" + "".join(rf"([0-9]+(\.[0-9]+)?{unit})?" for unit, _ in durations.UNITS) + ")$"
 )
 
-_DURATION: dict[str, Any] = {
+DURATION: dict[str, Any] = {
     "description": "Seconds, or a duration such as '500ms', '30s', '5m', '1h30m'.",
     "oneOf": [
         {"type": "number", "minimum": 0},
@@ -37,8 +37,8 @@ _RETRY: dict[str, Any] = {
             "maximum": 20,
             "description": "Total tries, including the first.",
         },
-        "backoff": {**_DURATION, "description": "Delay before the second try; doubles, jittered."},
-        "max_backoff": {**_DURATION, "description": "Upper bound of one delay."},
+        "backoff": {**DURATION, "description": "Delay before the second try; doubles, jittered."},
+        "max_backoff": {**DURATION, "description": "Upper bound of one delay."},
     },
 }
 
@@ -53,7 +53,7 @@ def _rate(description: str) -> dict[str, Any]:
                 "additionalProperties": False,
                 "properties": {
                     "max_runs": {"type": "integer", "minimum": 1},
-                    "window": _DURATION,
+                    "window": DURATION,
                 },
             },
         ],
@@ -67,7 +67,7 @@ _SAFETY: dict[str, Any] = {
     "properties": {
         "target_rate": _rate("At most max_runs runs on one target per window."),
         "playbook_rate": _rate("At most max_runs runs of this playbook per window."),
-        "cooldown": {**_DURATION, "description": "Quiet time on a target after any run."},
+        "cooldown": {**DURATION, "description": "Quiet time on a target after any run."},
         "max_concurrent": {
             "type": ["integer", "null"],
             "minimum": 1,
@@ -82,7 +82,7 @@ _SAFETY: dict[str, Any] = {
                     "minimum": 1,
                     "description": "Consecutive failed/unverified runs that open it.",
                 },
-                "reset_after": {**_DURATION, "description": "Closes by itself after this."},
+                "reset_after": {**DURATION, "description": "Closes by itself after this."},
             },
         },
         "storm": {
@@ -91,7 +91,7 @@ _SAFETY: dict[str, Any] = {
             "properties": {
                 "max_targets": {"type": "integer", "minimum": 1},
                 "max_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
-                "window": _DURATION,
+                "window": DURATION,
                 "playbook": {
                     "type": ["string", "null"],
                     "description": "Platform-level playbook run once per storm.",
@@ -104,7 +104,7 @@ _SAFETY: dict[str, Any] = {
             "description": "Steps that wait for an operator's approval.",
         },
         "approval_timeout": {
-            **_DURATION,
+            **DURATION,
             "description": "Waiting longer than this rejects the run.",
         },
     },
@@ -127,7 +127,7 @@ def _step(*, check: bool) -> dict[str, Any]:
             "type": "string",
             "description": "Expression (no braces); the step is skipped when false.",
         },
-        "timeout": {**_DURATION, "description": "Per attempt. Default 30s."},
+        "timeout": {**DURATION, "description": "Per attempt. Default 30s."},
         "retry": _RETRY,
     }
     if check:
@@ -212,13 +212,13 @@ def playbook_schema(catalog: ActionCatalog | None = None) -> dict[str, Any]:
                 "additionalProperties": False,
                 "required": ["checks"],
                 "properties": {
-                    "timeout": {**_DURATION, "description": "Deadline for all checks to hold."},
-                    "interval": {**_DURATION, "description": "Pause between rounds of checks."},
+                    "timeout": {**DURATION, "description": "Deadline for all checks to hold."},
+                    "interval": {**DURATION, "description": "Pause between rounds of checks."},
                     "checks": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/check"}},
                 },
             },
         },
-        "$defs": {"step": step, "check": check, "duration": _DURATION},
+        "$defs": {"step": step, "check": check, "duration": DURATION},
     }
     if catalog is not None:
         _add_action_params(schema, catalog)

@@ -46,6 +46,23 @@ def referenced_labels(templates: Iterable[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+_LABELS_ACCESS = re.compile(r"alert\s*(?:\.\s*labels|\[\s*['\"]labels['\"]\s*\])")
+
+
+def opaque_label_access(source: str) -> bool:
+    """True when a template reads labels in a way :func:`referenced_labels` cannot follow
+    (aliasing, iteration, a variable key): its values would escape the scope check."""
+    for access in _LABELS_ACCESS.finditer(source):
+        reference = LABEL_REFERENCE.match(source, access.start())
+        if reference is None or reference.group(2) in _MAPPING_METHODS:
+            return True
+    return False
+
+
+_MAPPING_METHODS = frozenset({"items", "values", "keys"})
+"""Read through these, every label escapes the per-name check."""
+
+
 def check_labels(labels: Mapping[str, str], names: Iterable[str]) -> list[ScopeProblem]:
     """Problems with the values of ``names``; a missing label is left to template rendering."""
     problems = []

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from remediator.core import matching, params, parsing, schema, templating
+from remediator.core import matching, params, parsing, schema, scope, templating
 from remediator.core.actions import ActionCatalog
 from remediator.core.errors import PlaybookError, Problem, TemplateError
 from remediator.core.parsing import Document
@@ -24,6 +24,10 @@ _STRUCTURE = jsonschema.Draft202012Validator(schema.playbook_schema())
 
 
 DEFAULT_POLICY = SafetyPolicy()
+OPAQUE_LABELS = (
+    "read labels as alert.labels.NAME or alert.labels['NAME'], so their values are "
+    "scope-checked before use"
+)
 
 
 def validate(
@@ -71,22 +75,60 @@ def load_set(
 
 
 def _structural(doc: Document) -> list[Problem]:
-    problems = []
+    problems: list[Problem] = []
     for error in _STRUCTURE.iter_errors(doc.raw):
-        path = tuple(error.absolute_path)
-        message = error.message
-        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            allowed = set(error.schema.get("properties", {}))
-            for key in error.instance:
-                if key not in allowed:
-                    hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-                    suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
-                    problems.append(_problem(doc, (*path, key), f"unknown key{suffix}"))
-            continue
-        if error.validator == "oneOf" and "pattern" in str(error.schema):
-            message = f"{error.instance!r} is not a duration such as '30s', '5m' or 10"
-        problems.append(_problem(doc, path, message))
+        _report(doc, error, problems)
     return problems
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "null": (type(None),),
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+}
+
+
+def _report(doc: Document, error: jsonschema.ValidationError, problems: list[Problem]) -> None:
+    path = tuple(error.absolute_path)
+    rule: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        allowed = set(rule.get("properties", {}))
+        for key in error.instance:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+                problems.append(_problem(doc, (*path, key), f"unknown key{suffix}"))
+        return
+    if error.validator == "oneOf":
+        if rule.get("oneOf") == schema.DURATION["oneOf"]:
+            message = f"{error.instance!r} is not a duration such as '30s', '5m' or 10"
+            problems.append(_problem(doc, path, message))
+            return
+        branch = _branch_for(rule, error.instance)
+        if branch is not None:
+            # Report what is wrong inside the alternative the value was evidently meant for
+            # (an object for an object branch), not "is not valid under any of the schemas".
+            for sub in error.context or ():
+                if sub.relative_schema_path[0] == branch:
+                    _report(doc, sub, problems)
+            return
+    problems.append(_problem(doc, path, error.message))
+
+
+def _branch_for(rule: Mapping[str, Any], instance: object) -> int | None:
+    """The one ``oneOf`` alternative whose declared type the instance has, if exactly one."""
+    matches = []
+    for index, alternative in enumerate(rule.get("oneOf", ())):
+        declared = alternative.get("type")
+        names = declared if isinstance(declared, list) else [declared]
+        kinds = tuple(t for name in names if name for t in _JSON_TYPES.get(name, ()))
+        if kinds and isinstance(instance, kinds):
+            matches.append(index)
+    return matches[0] if len(matches) == 1 else None
 
 
 def _semantic(doc: Document, raw: Mapping[str, Any], catalog: ActionCatalog) -> list[Problem]:
@@ -163,6 +205,9 @@ def _step(
             )
         )
     raw_params = step.get("params", {})
+    for sub, text in _strings(raw_params, ("params",)):
+        if scope.opaque_label_access(text):
+            problems.append(_problem(doc, (*path, *sub), OPAQUE_LABELS))
     if isinstance(raw_params, Mapping):
         for found in params.check(spec.params, raw_params, path="params"):
             sub = tuple(_split_path(found.path))
@@ -180,7 +225,22 @@ def _template(
             templating.check_template(source)
     except TemplateError as e:
         return [_problem(doc, path, f"bad template: {e}")]
+    if scope.opaque_label_access(source):
+        return [_problem(doc, path, OPAQUE_LABELS)]
     return []
+
+
+def _strings(
+    value: Any, path: tuple[str | int, ...]
+) -> Iterable[tuple[tuple[str | int, ...], str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
 
 
 def _destructive(

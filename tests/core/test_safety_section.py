@@ -154,11 +154,6 @@ def test_without_defaults_the_dataclass_defaults_apply() -> None:
     assert playbook.safety == SafetyPolicy()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="merge_policy builds RateLimit() without arguments when the default is None",
-)
 def test_a_playbook_can_enable_a_rate_limit_the_config_disabled() -> None:
     defaults = dataclasses.replace(CONFIG, target_rate=None)
 
@@ -209,11 +204,6 @@ def test_schema_rejects_bad_safety_keys(section: dict[str, Any], path: str, mess
     assert problems_of(playbook_doc(safety=section)) == [(path, message)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validation reports any oneOf error whose schema mentions a pattern as a bad "
-    "duration, and a rate limit's oneOf (null | object with a window) does",
-)
 def test_unknown_key_in_a_rate_limit_gets_a_hint() -> None:
     problems = problems_of(playbook_doc(safety={"target_rate": {"max_run": 3}}))
 

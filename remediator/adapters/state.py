@@ -194,6 +194,7 @@ class StateStore(Protocol):
         now: float,
         events: Sequence[runs.AuditEvent] = (),
         policy: safety.SafetyPolicy | None = None,
+        policy_for: Callable[[str], safety.SafetyPolicy | None] | None = None,
     ) -> runs.RunRecord | None:
         """QUEUED → RUNNING, or None if the run is no longer queued (e.g. cancelled)."""
 
@@ -230,6 +231,8 @@ class StateStore(Protocol):
     ) -> list[runs.AuditRecord]: ...
 
     async def set_paused(self, paused: bool, *, by: str, reason: str, now: float) -> bool: ...
+
+    async def is_paused(self) -> bool: ...
 
     async def reset_breakers(
         self, playbook: str, target: str | None, *, by: str, now: float
@@ -358,29 +361,36 @@ class SqliteStateStore:
         now: float,
         events: Sequence[runs.AuditEvent] = (),
         policy: safety.SafetyPolicy | None = None,
+        policy_for: Callable[[str], safety.SafetyPolicy | None] | None = None,
     ) -> runs.RunRecord | None:
         """QUEUED → RUNNING; ``events`` (e.g. ``run_started``) are written only if it wins.
 
-        With a ``policy``, the start is re-checked (pause, breaker, cooldown may have changed
-        while the run waited); a refused run becomes CANCELLED with the reason, audited.
+        With a ``policy`` (or ``policy_for``, given the run's playbook name), the start is
+        re-checked: pause, breaker and cooldown may have changed while the run waited. A
+        refused run becomes CANCELLED with the reason, audited.
         """
         pending = tuple(events)
 
         def claim(conn: sqlite3.Connection) -> runs.RunRecord | None:
-            if policy is not None:
+            queued = conn.execute(
+                "SELECT playbook, target FROM runs WHERE run_id = ? AND status = ?",
+                (run_id, str(runs.RunStatus.QUEUED)),
+            ).fetchone()
+            if queued is None:
+                return None
+            gate = (
+                policy
+                if policy is not None
+                else (policy_for(queued[0]) if policy_for is not None else None)
+            )
+            if gate is not None:
                 _append(conn, safeguards.expire_breakers(conn, now=now), now)
-                queued = conn.execute(
-                    "SELECT playbook, target FROM runs WHERE run_id = ? AND status = ?",
-                    (run_id, str(runs.RunStatus.QUEUED)),
-                ).fetchone()
-                if queued is None:
-                    return None
                 snapshot = safety.Snapshot(
                     paused=safeguards.paused(conn) is not None,
                     breaker_open=safeguards.breaker_open(conn, queued[0], queued[1], now=now),
                     last_finished_on_target=safeguards.last_finished_on_target(conn, queued[1]),
                 )
-                decision = safety.decide_start(policy, snapshot, now=now)
+                decision = safety.decide_start(gate, snapshot, now=now)
                 if decision.refusal is not None:
                     _cancel_run(
                         conn, run_id, str(decision.refusal), now, details=dict(decision.details)
@@ -545,6 +555,12 @@ class SqliteStateStore:
             return True
 
         return await self._transact("set_paused", switch)
+
+    async def is_paused(self) -> bool:
+        """Cheap enough to ask before every mutating step."""
+        return await self._transact(
+            "is_paused", lambda conn: safeguards.paused(conn) is not None, write=False
+        )
 
     async def reset_breakers(
         self, playbook: str, target: str | None, *, by: str, now: float

@@ -20,7 +20,7 @@ from remediator.core import planning
 from remediator.core.alerts import Webhook
 from remediator.core.playbooks import PlaybookSet
 from remediator.core.runs import Admission, AdmissionResult
-from remediator.engine import scheduling
+from remediator.engine import envelope, scheduling
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,11 @@ class Admitter:
         dry_run: bool,
         clock: Callable[[], float] = time.time,
         make_run_id: Callable[[], str] = new_run_id,
+        known_targets: Callable[[], int | None] = lambda: None,
+        escalator: envelope.Escalator | None = None,
     ) -> None:
+        self._known_targets = known_targets
+        self._escalator = escalator
         self._store = store
         self._scheduler = scheduler
         self._metrics = metrics
@@ -81,26 +85,55 @@ class Admitter:
             )
             for alert in webhook.alerts
         ]
-        wanted = sum(len(a.runs) for a in admissions)
+        # A storm's platform-level run may be created too, so it needs room as well.
+        wanted = sum(len(a.runs) + sum(r.on_storm is not None for r in a.runs) for a in admissions)
         reservation = self._scheduler.reserve(wanted)
         if reservation is None:
             self._metrics.runs_not_started.labels(reason="queue_full").inc(wanted)
             raise QueueFullError(f"no room for {wanted} runs")
         try:
-            results = await self._store.admit(admissions, now=self._clock())
+            results = await self._store.admit(
+                admissions, now=self._clock(), known_targets=self._known_targets()
+            )
         except BaseException:
             reservation.release()
             raise
-        targets = {run.run_id: run.target for a in admissions for run in a.runs}
+        candidates = {
+            new.run_id: new
+            for a in admissions
+            for run in a.runs
+            for new in (run, run.on_storm)
+            if new is not None
+        }
         reservation.commit(
-            scheduling.QueuedRun(run_id=run_id, target=targets[run_id])
+            scheduling.QueuedRun(
+                run_id=run_id,
+                target=candidates[run_id].target,
+                playbook=candidates[run_id].playbook,
+            )
             for result in results
             for run_id in result.created_runs
         )
+        self._escalate_storms(admissions, results)
         cancelled = [run_id for r in results for run_id in r.cancelled_runs]
         self._scheduler.discard(cancelled)
         self._count(admissions, results)
         return Admitted(results=tuple(results))
+
+    def _escalate_storms(self, admissions: list[Admission], results: list[AdmissionResult]) -> None:
+        """One escalation per storm, unless a platform-level playbook takes it over."""
+        if self._escalator is None:
+            return
+        with_platform_run = {
+            (run.playbook, str(a.alert.get("labels", {}).get("alertname", "")))
+            for a in admissions
+            for run in a.runs
+            if run.on_storm is not None
+        }
+        for result in results:
+            for storm in result.storms_started:
+                if (storm.playbook, storm.alertname) not in with_platform_run:
+                    self._escalator.storm_started(storm)
 
     def _count(self, admissions: list[Admission], results: list[AdmissionResult]) -> None:
         for admission, result in zip(admissions, results, strict=True):
@@ -111,6 +144,8 @@ class Admitter:
             for event in admission.events:
                 if event.reason:
                     self._metrics.runs_not_started.labels(reason=event.reason).inc()
+            for _, reason in result.refused:
+                self._metrics.runs_not_started.labels(reason=reason).inc()
             if result.cancelled_runs:
                 self._metrics.runs_not_started.labels(reason=planning.NotRun.ALERT_RESOLVED).inc(
                     len(result.cancelled_runs)

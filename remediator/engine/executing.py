@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from remediator.adapters import metrics, state
-from remediator.core import params, planning, redaction, templating
+from remediator.core import params, planning, redaction, safety, templating
 from remediator.core.errors import PermanentStepError, StepError, TemplateError, TemporaryStepError
 from remediator.core.playbooks import Phase, Playbook, PlaybookSet, Step
 from remediator.core.runs import (
@@ -29,9 +29,19 @@ from remediator.core.runs import (
     StepOutcome,
     StepRecord,
 )
+from remediator.core.safety import SafetyPolicy
+from remediator.engine import envelope
 from remediator.engine.actions.registry import ActionContext, ActionRegistry, Resources
 
 log = structlog.get_logger(__name__)
+
+
+class RunHaltedError(Exception):
+    """The whole run stops here, with this status (paused by the kill switch, rejected)."""
+
+    def __init__(self, status: RunStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(slots=True, kw_only=True)
@@ -78,7 +88,11 @@ class Executor:
         playbooks: Callable[[], PlaybookSet],
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        approvals: envelope.Approvals | None = None,
+        escalator: envelope.Escalator | None = None,
     ) -> None:
+        self._approvals = approvals
+        self._escalator = escalator
         self._registry = registry
         self._store = store
         self._resources = resources
@@ -88,8 +102,13 @@ class Executor:
         self._jitter = jitter
 
     async def execute(self, run_id: str) -> RunStatus | None:
-        """Claim and run one queued run; None if it was no longer queued (e.g. cancelled)."""
-        run = await self._store.claim_run(run_id, now=self._clock())
+        """Claim and run one queued run; None if it was no longer queued (e.g. cancelled) or a
+        safeguard refused its start (the store audits that)."""
+        run = await self._store.claim_run(
+            run_id,
+            now=self._clock(),
+            policy_for=self._policy_of,
+        )
         if run is None:
             return None
         with structlog.contextvars.bound_contextvars(
@@ -127,6 +146,10 @@ class Executor:
                 )
             return await self._finish(run, status, started=started, error=error)
 
+    def _policy_of(self, playbook: str) -> SafetyPolicy | None:
+        found = self._playbooks().by_name(playbook)
+        return found.safety if found is not None else None
+
     async def _execute(self, run: RunRecord, playbook: Playbook) -> tuple[RunStatus, str | None]:
         run_state = _RunState(
             run=run,
@@ -144,11 +167,15 @@ class Executor:
             now=self._clock(),
         )
         status, error = RunStatus.SUCCEEDED, None
-        for step in playbook.steps:
-            result = await self._step(run_state, Phase.STEPS, step)
-            if not result.ok:
-                status, error = RunStatus.FAILED, f"step {step.name!r}: {result.error}"
-                break
+        try:
+            for step in playbook.steps:
+                result = await self._step(run_state, Phase.STEPS, step)
+                if not result.ok:
+                    status, error = RunStatus.FAILED, f"step {step.name!r}: {result.error}"
+                    break
+        except RunHaltedError as halt:
+            # Paused or rejected: an operator's decision, so no verification and no escalation.
+            return halt.status, str(halt)
         verified = playbook.verify is None or (
             status is RunStatus.SUCCEEDED and await self._verify(run_state)
         )
@@ -251,7 +278,8 @@ class Executor:
                     rendered = templating.render_params(dict(step.params), run_state.context)
                     typed = params.build(action.spec.params, rendered)
                     rendered = params.to_json(typed)
-                    result = await self._perform(
+                    refused = await self._gate(run_state, step, typed, rendered)
+                    result = refused or await self._perform(
                         run_state, step, typed, time_limit=time_limit or step.timeout, retry=retry
                     )
             except (TemplateError, PermanentStepError) as e:
@@ -281,6 +309,88 @@ class Executor:
                 duration=round(duration, 3),
             )
         return result
+
+    async def _gate(
+        self, run_state: _RunState, step: Step, typed: Any, rendered: Mapping[str, Any]
+    ) -> StepResult | None:
+        """The envelope's last word right before a step acts; a result when it must not.
+
+        Raises :class:`RunHaltedError` when the whole run must stop (kill switch, rejection).
+        """
+        spec = self._registry.get(step.action).spec
+        mutating = spec.is_mutating(typed)
+        if not mutating:
+            return None
+        if await self._store.is_paused():
+            raise RunHaltedError(RunStatus.INTERRUPTED, "remediation paused (kill switch)")
+        policy = run_state.playbook.safety
+        if spec.destructive and not policy.allow_destructive:
+            return StepResult(
+                outcome=StepOutcome.FAILED,
+                error=f"{step.action} is destructive and the playbook does not allow it",
+            )
+        if run_state.run.dry_run or not safety.needs_approval(
+            policy, mutating=mutating, destructive=spec.destructive
+        ):
+            return None
+        decision = await self._await_approval(run_state, step, rendered, policy)
+        if not decision.approved:
+            comment = f": {decision.comment}" if decision.comment else ""
+            raise RunHaltedError(
+                RunStatus.REJECTED, f"step {step.name!r} rejected by {decision.by}{comment}"
+            )
+        return None
+
+    async def _await_approval(
+        self,
+        run_state: _RunState,
+        step: Step,
+        rendered: Mapping[str, Any],
+        policy: SafetyPolicy,
+    ) -> envelope.ApprovalDecision:
+        run_id = run_state.run.run_id
+        safe_params = redaction.redact(dict(rendered), secrets=self._resources.secrets)
+        await self._store.set_run_status(
+            run_id,
+            RunStatus.AWAITING_APPROVAL,
+            now=self._clock(),
+            events=[
+                run_state.event(
+                    AuditKind.APPROVAL_REQUESTED,
+                    outcome="awaiting_approval",
+                    details={
+                        "step": step.name,
+                        "action": step.action,
+                        "params": safe_params,
+                        "timeout": policy.approval_timeout,
+                    },
+                )
+            ],
+        )
+        if self._approvals is None:
+            decision = envelope.ApprovalDecision(
+                approved=False, by="remediator", comment="approvals are not enabled"
+            )
+        else:
+            self._metrics.awaiting_approval.inc()
+            try:
+                decision = await self._approvals.wait(run_id, patience=policy.approval_timeout)
+            finally:
+                self._metrics.awaiting_approval.dec()
+        await self._store.set_run_status(
+            run_id,
+            RunStatus.RUNNING,
+            now=self._clock(),
+            events=[
+                run_state.event(
+                    AuditKind.APPROVAL_DECIDED,
+                    outcome="approved" if decision.approved else "rejected",
+                    reason=decision.comment or None,
+                    details={"step": step.name, "by": decision.by},
+                )
+            ],
+        )
+        return decision
 
     async def _perform(
         self, run_state: _RunState, step: Step, typed: Any, *, time_limit: float, retry: bool
@@ -400,7 +510,18 @@ class Executor:
             reason=error,
             details={"duration": round(now - started, 3)},
         )
-        await self._store.finish_run(run.run_id, status, now=now, error=error, events=[event])
+        playbook = self._playbooks().by_name(run.playbook)
+        opened = await self._store.finish_run(
+            run.run_id,
+            status,
+            now=now,
+            error=error,
+            events=[event],
+            breaker=playbook.safety.breaker if playbook is not None else None,
+        )
+        if self._escalator is not None:
+            for breaker in opened:
+                self._escalator.breaker_opened(breaker)
         self._metrics.run_finished(
             playbook=run.playbook, outcome=str(status), duration=now - started
         )

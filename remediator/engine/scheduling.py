@@ -1,4 +1,5 @@
-"""The bounded run queue: capacity for backpressure, one run per target, a concurrency cap.
+"""The bounded run queue: capacity for backpressure, one run per target, concurrency caps
+(global, and per playbook from its safety policy).
 
 Intake reserves room *before* it acknowledges an alert, so an acknowledged alert always has a
 place: when there is no room the webhook answers 503 and Alertmanager retries. Runs whose
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ log = structlog.get_logger(__name__)
 class QueuedRun:
     run_id: str
     target: str
+    playbook: str = ""
 
 
 class Reservation:
@@ -46,7 +48,10 @@ class Scheduler:
         capacity: int,
         concurrency: int,
         execute: Callable[[str], Awaitable[object]],
+        playbook_limit: Callable[[str], int | None] = lambda playbook: None,
     ) -> None:
+        self._playbook_limit = playbook_limit
+        self._per_playbook: Counter[str] = Counter()
         self._capacity = capacity
         self._concurrency = concurrency
         self._execute = execute
@@ -108,8 +113,12 @@ class Scheduler:
                 break
             if run.target in self._busy_targets:
                 continue
+            limit = self._playbook_limit(run.playbook)
+            if limit is not None and self._per_playbook[run.playbook] >= limit:
+                continue
             del self._pending[run_id]
             self._busy_targets.add(run.target)
+            self._per_playbook[run.playbook] += 1
             task = asyncio.create_task(self._run(run), name=f"run-{run_id}")
             self._running[task] = run
             task.add_done_callback(self._finished)
@@ -126,6 +135,7 @@ class Scheduler:
     def _finished(self, task: asyncio.Task[None]) -> None:
         run = self._running.pop(task)
         self._busy_targets.discard(run.target)
+        self._per_playbook[run.playbook] -= 1
         self._dispatch()
         self._update_idle()
 

@@ -6,14 +6,15 @@ without touching the store, the network or anything else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from remediator.config import Settings
-from remediator.core import alerts, matching, params, planning, templating
+from remediator.core import alerts, matching, params, planning, safety, templating
 from remediator.core.alerts import Alert, AlertStatus
 from remediator.core.errors import PermanentStepError, TemplateError
-from remediator.core.playbooks import Playbook, PlaybookSet, Trigger
+from remediator.core.playbooks import Phase, Playbook, PlaybookSet, Trigger
+from remediator.core.runs import NewRun
 from remediator.engine.actions.registry import ActionRegistry
 
 RUNTIME_NOTE = "rendered at run time (uses earlier steps' outputs)"
@@ -32,17 +33,58 @@ def as_webhook(raw: Any) -> alerts.Webhook:
     return alerts.parse_webhook(raw)
 
 
+Decide = Callable[[NewRun, str], safety.Decision]
+"""The safety decision for a candidate run of an alert (by name): offline or from a state file."""
+
+
+def offline_decision(settings: Settings) -> Decide:
+    """What the envelope decides on a fresh state: only the alert's own scope and limits."""
+
+    def decide(run: NewRun, alertname: str) -> safety.Decision:
+        assert run.policy is not None  # noqa: S101 - plan_admission always attaches one
+        snapshot = safety.Snapshot(storm_targets=1, known_targets=settings.safety.known_targets)
+        return safety.decide_admission(run.policy, snapshot, now=0.0)
+
+    return decide
+
+
+def candidates(raw: Any, playbooks: PlaybookSet, *, settings: Settings) -> list[tuple[NewRun, str]]:
+    """Every candidate run the alerts would create, for a caller that decides them up front."""
+    found: list[tuple[NewRun, str]] = []
+    for alert in as_webhook(raw).alerts:
+        admission = planning.plan_admission(
+            alert,
+            playbooks,
+            only_highest=settings.playbooks.match == "first",
+            make_run_id=lambda: "simulated",
+            dry_run=settings.engine.dry_run,
+        )
+        found.extend((run, alert.name) for run in admission.runs)
+    return found
+
+
 def simulate(
-    raw: Any, playbooks: PlaybookSet, actions: ActionRegistry, *, settings: Settings
+    raw: Any,
+    playbooks: PlaybookSet,
+    actions: ActionRegistry,
+    *,
+    settings: Settings,
+    decide: Decide | None = None,
 ) -> dict[str, Any]:
     webhook = as_webhook(raw)
     only_highest = settings.playbooks.match == "first"
+    decide = decide or offline_decision(settings)
     return {
         "match_policy": settings.playbooks.match,
         "dry_run": settings.engine.dry_run,
         "alerts": [
             _alert(
-                a, playbooks, actions, only_highest=only_highest, dry_run=settings.engine.dry_run
+                a,
+                playbooks,
+                actions,
+                only_highest=only_highest,
+                dry_run=settings.engine.dry_run,
+                decide=decide,
             )
             for a in webhook.alerts
         ],
@@ -56,6 +98,7 @@ def _alert(
     *,
     only_highest: bool,
     dry_run: bool,
+    decide: Decide,
 ) -> dict[str, Any]:
     admission = planning.plan_admission(
         alert,
@@ -76,6 +119,17 @@ def _alert(
         }
         for e in admission.events[1:]
     ]
+    for run in admission.runs:
+        decision = decide(run, alert.name)
+        decisions.append(
+            {
+                "kind": "would_queue" if decision.allowed else "alert_not_run",
+                "playbook": run.playbook,
+                "target": run.target,
+                "reason": str(decision.refusal) if decision.refusal else None,
+                "details": dict(decision.details),
+            }
+        )
     if alert.status is AlertStatus.RESOLVED:
         decisions.append(
             {
@@ -139,6 +193,12 @@ def _playbook(
 def _step(
     phase: Any, step: Any, context: dict[str, Any], actions: ActionRegistry
 ) -> dict[str, Any]:
+    if phase is Phase.ON_FAILURE:
+        # Escalations read why the run failed; show where that text will go.
+        context = {
+            **context,
+            "run": {**context["run"], "status": "failed", "error": "<the run's error>"},
+        }
     action = actions.get(step.action)
     entry: dict[str, Any] = {
         "phase": str(phase),

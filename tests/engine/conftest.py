@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from remediator.adapters import metrics, state
 from remediator.config import Settings
-from remediator.core import alerts, planning, runs, validation
+from remediator.core import alerts, planning, runs, safety, validation
 from remediator.core.actions import ActionSpec
 from remediator.core.errors import PermanentStepError, TemporaryStepError
 from remediator.core.playbooks import PlaybookSet
@@ -94,10 +94,23 @@ def playbook_yaml(
     return "\n".join(header) + "\n" + textwrap.dedent(body)
 
 
-def playbook_set(registry: ActionRegistry, *documents: str) -> PlaybookSet:
+# The engine's mechanics are tested without the safety envelope's limits in the way (a second
+# run on a target inside the default cooldown would be refused); the envelope has its own tests.
+PERMISSIVE = safety.SafetyPolicy(
+    target_rate=None,
+    playbook_rate=None,
+    cooldown=0.0,
+    storm=safety.StormPolicy(max_targets=1_000_000),
+    breaker=safety.BreakerPolicy(failures=1_000_000),
+)
+
+
+def playbook_set(
+    registry: ActionRegistry, *documents: str, defaults: safety.SafetyPolicy = PERMISSIVE
+) -> PlaybookSet:
     """Documents validated and parsed exactly as the daemon loads files."""
     files = {f"playbook{i}.yaml": text for i, text in enumerate(documents)}
-    return validation.load_set(files, registry, digest="|".join(documents))
+    return validation.load_set(files, registry, digest="|".join(documents), defaults=defaults)
 
 
 # Test actions

@@ -30,6 +30,8 @@ class Resources:
     prometheus: prometheus.PrometheusClient | None = None
     secrets: tuple[str, ...] = ()
     """Known secret values, masked wherever they would appear in outputs or errors."""
+    provisioner_token: str | None = None
+    """Bearer token for the store provisioner API, read from ``provisioner.token_file``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +85,7 @@ class ActionRegistry:
 def builtin() -> ActionRegistry:
     """The registry of every action remediator ships."""
     # Imported here: the action modules import this module for the interface types.
-    from remediator.engine.actions import httprequest, logmessage, notify, promql
+    from remediator.engine.actions import httprequest, logmessage, notify, promql, provisioner
 
     return ActionRegistry(
         [
@@ -92,5 +94,6 @@ def builtin() -> ActionRegistry:
             promql.QueryAction(),
             promql.WaitForAction(),
             notify.NotifyWebhookAction(),
+            provisioner.ProvisionerAction(),
         ]
     )

@@ -1,0 +1,179 @@
+"""The safety envelope's moving parts: approvals, escalations, and the safety gauges.
+
+The decisions are pure (:mod:`remediator.core.safety`) and taken inside the store's
+transactions; this module does what follows from them: waits for an operator's approval,
+sends the one escalation a breaker or a storm deserves, and keeps the gauges current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from remediator.adapters import metrics, state
+from remediator.core.runs import AuditEvent, AuditKind, Breaker, StormKey
+from remediator.engine.actions import notify
+from remediator.engine.actions.registry import ActionContext, Resources
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalDecision:
+    approved: bool
+    by: str
+    comment: str = ""
+
+
+class Approvals:
+    """Runs waiting for an operator; the API resolves them, a timeout rejects them."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[ApprovalDecision]] = {}
+
+    @property
+    def waiting(self) -> list[str]:
+        return sorted(self._waiting)
+
+    async def wait(self, run_id: str, *, patience: float) -> ApprovalDecision:
+        future: asyncio.Future[ApprovalDecision] = asyncio.get_running_loop().create_future()
+        self._waiting[run_id] = future
+        try:
+            async with asyncio.timeout(patience):
+                return await future
+        except TimeoutError:
+            return ApprovalDecision(
+                approved=False, by="timeout", comment=f"no decision within {patience:g}s"
+            )
+        finally:
+            self._waiting.pop(run_id, None)
+
+    def decide(self, run_id: str, decision: ApprovalDecision) -> bool:
+        """False when no run with that id is waiting (unknown, finished, or already decided)."""
+        future = self._waiting.get(run_id)
+        if future is None or future.done():
+            return False
+        future.set_result(decision)
+        return True
+
+
+class Escalator:
+    """One message per opened breaker or started storm, through ``safety.escalation_target``."""
+
+    def __init__(
+        self,
+        *,
+        resources: Resources,
+        store: state.StateStore,
+        metrics: metrics.Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._resources = resources
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def breaker_opened(self, breaker: Breaker) -> None:
+        scope = f"{breaker.playbook} on {breaker.target}" if breaker.target else breaker.playbook
+        self._spawn(
+            "breaker_opened",
+            playbook=breaker.playbook,
+            target=breaker.target,
+            text=f"remediator: circuit breaker open for {scope}; no more runs until "
+            "it is reset or times out",
+        )
+
+    def storm_started(self, storm: StormKey) -> None:
+        self._spawn(
+            "storm_started",
+            playbook=storm.playbook,
+            target=None,
+            text=f"remediator: storm of {storm.alertname} alerts; per-target runs of "
+            f"playbook {storm.playbook} are suspended",
+        )
+
+    def _spawn(self, kind: str, *, playbook: str, target: str | None, text: str) -> None:
+        task = asyncio.create_task(self._send(kind, playbook=playbook, target=target, text=text))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, kind: str, *, playbook: str, target: str | None, text: str) -> None:
+        name = self._resources.settings.safety.escalation_target
+        outcome, error = "sent", None
+        if name is None:
+            outcome, error = "not_configured", "safety.escalation_target is not set"
+        else:
+            context = ActionContext(
+                resources=self._resources,
+                dry_run=False,
+                run_id="-",
+                playbook=playbook,
+                target=target or "-",
+                deadline=asyncio.get_running_loop().time() + 30,
+                log=log,
+            )
+            params = notify.NotifyParams(target=name, text=text, severity="critical")
+            try:
+                await notify.NotifyWebhookAction().run(params, context)
+            except Exception as e:  # an escalation failure is recorded, never raised
+                outcome, error = "failed", str(e)[:256]
+        self._metrics.escalations.labels(kind=kind, outcome=outcome).inc()
+        await self._store.append_audit(
+            [
+                AuditEvent(
+                    kind=AuditKind.ESCALATION_SENT,
+                    playbook=playbook,
+                    target=target,
+                    outcome=outcome,
+                    reason=kind,
+                    details={"text": text, "target": name, "error": error},
+                )
+            ],
+            now=self._clock(),
+        )
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def refresh_gauges(
+    store: state.StateStore,
+    metric_set: metrics.Metrics,
+    approvals: Approvals,
+    *,
+    now: float,
+) -> None:
+    status = await store.safety_status(now=now)
+    metric_set.paused.set(1 if status.paused else 0)
+    since = status.paused.get("since") if status.paused else None
+    metric_set.paused_since.set(float(since) if isinstance(since, int | float) else 0.0)
+    metric_set.breakers_open.clear()
+    for breaker in status.breakers:
+        metric_set.breakers_open.labels(playbook=breaker.playbook).inc()
+    metric_set.storm_active.clear()
+    for storm in status.storms:
+        metric_set.storm_active.labels(playbook=storm.playbook, alertname=storm.alertname).set(1)
+    metric_set.awaiting_approval.set(len(approvals.waiting))
+
+
+async def watch_gauges(
+    store: state.StateStore,
+    metric_set: metrics.Metrics,
+    approvals: Approvals,
+    *,
+    interval: float,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Background task: breakers and storms expire with time, not only with new alerts."""
+    while True:
+        try:
+            await refresh_gauges(store, metric_set, approvals, now=clock())
+        except state.StateError:
+            log.exception("safety_gauges_refresh_failed")
+        await asyncio.sleep(interval)

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from remediator import __version__, config, running
 from remediator.adapters import loading, state
 from remediator.core import reporting
-from remediator.core.errors import InvalidInputError
+from remediator.core.errors import InvalidInputError, RemediatorError
 from remediator.core.runs import AuditRecord, Page, RunFilter
 from remediator.engine import simulating
 from remediator.engine.actions import registry
@@ -31,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidInputError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
+        return 1
+    except RemediatorError as e:
+        # E.g. a state file that is missing or not a database: a message, not a traceback.
+        print(f"remediator: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

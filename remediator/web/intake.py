@@ -88,11 +88,17 @@ async def receive_alerts(request: web.Request) -> web.Response:
             f"{problem.path}: {problem.message}",
             field=problem.path,
         )
+    retry_after = {"Retry-After": str(services.settings.server.retry_after)}
+    if not services.ready():
+        # Draining after SIGTERM: the scheduler takes nothing more, and saying "queue_full"
+        # would send operators looking for a backlog that is not there.
+        return _refuse(
+            services, 503, "shutting_down", "shutting down; retry later", headers=retry_after
+        )
     try:
         admitted = await services.admitter.admit(webhook)
     except admitting.QueueFullError as e:
-        retry_after = str(services.settings.server.retry_after)
-        return _refuse(services, 503, "queue_full", str(e), headers={"Retry-After": retry_after})
+        return _refuse(services, 503, "queue_full", str(e), headers=retry_after)
     services.metrics.webhook_requests.labels(code="200").inc()
     log.info(
         "webhook_accepted",

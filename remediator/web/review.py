@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from remediator.core import reporting
+from remediator.core.errors import InvalidInputError
 from remediator.core.runs import RunFilter
 from remediator.web import auth
 from remediator.web.services import SERVICES
@@ -95,12 +96,21 @@ def parse_filter(query: dict[str, str] | web.Request) -> tuple[RunFilter, int, s
     return flt, limit, text("cursor")
 
 
+def _store_refusal(error: ValueError | InvalidInputError) -> BadQueryError:
+    # The store refuses a cursor it did not issue with InvalidInputError naming the param;
+    # left uncaught, that was a 500 for what is the client's mistake.
+    if isinstance(error, InvalidInputError) and error.problems:
+        problem = error.problems[0]
+        return BadQueryError(problem.path or "cursor", f"{problem.path}: {problem.message}")
+    return BadQueryError("cursor", str(error))
+
+
 async def list_runs(request: web.Request) -> web.Response:
     flt, limit, cursor = parse_filter(request)
     try:
         page = await request.app[SERVICES].store.list_runs(flt, limit=limit, cursor=cursor)
-    except ValueError as e:
-        raise BadQueryError("cursor", str(e)) from e
+    except (ValueError, InvalidInputError) as e:
+        raise _store_refusal(e) from e
     return web.json_response(
         {
             "items": [reporting.run_json(r) for r in page.items],
@@ -129,8 +139,8 @@ async def list_audit(request: web.Request) -> web.Response:
     flt, limit, cursor = parse_filter(request)
     try:
         page = await request.app[SERVICES].store.query_audit(flt, limit=limit, cursor=cursor)
-    except ValueError as e:
-        raise BadQueryError("cursor", str(e)) from e
+    except (ValueError, InvalidInputError) as e:
+        raise _store_refusal(e) from e
     return web.json_response(
         {
             "items": [reporting.audit_json(r) for r in page.items],

@@ -1,0 +1,120 @@
+"""A crash in the middle of a stream of alerts loses no acknowledged alert and duplicates none.
+
+The daemon is a real process. Alerts stream in over HTTP from several senders at once, as
+Alertmanager delivers groups in parallel; the daemon is SIGKILLed half-way, so some requests
+are in flight. After a restart on the same state file every delivery that was not answered 2xx
+is sent again (Alertmanager retries those), and so are some that were (it also re-sends on its
+repeat interval). In the end there is exactly one run per distinct alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import daemon_fixtures
+from tests.daemon_fixtures import cli, fingerprint_of, firing
+
+pytestmark = pytest.mark.e2e
+
+DISTINCT = 200
+KILL_AFTER = DISTINCT // 2
+"""Acknowledged deliveries before the SIGKILL."""
+SENDERS = 8
+CONCURRENCY = 8
+
+
+def stream() -> list[dict[str, Any]]:
+    """Every alert once, some twice in a row, some again much later."""
+    deliveries = []
+    for i in range(DISTINCT):
+        deliveries.append(firing(i))
+        if i % 10 == 3:
+            deliveries.append(firing(i))
+        if i % 25 == 24:
+            deliveries.append(firing(i - 20))
+    return deliveries
+
+
+async def test_sigkill_mid_stream_then_restart(tmp_path: Path) -> None:
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "quick.yaml").write_text(
+        daemon_fixtures.QUICK_PLAYBOOK, encoding="utf-8"
+    )
+    config = daemon_fixtures.write_config(tmp_path, engine={"concurrency": CONCURRENCY})
+    pending: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for delivery in stream():
+        pending.put_nowait(delivery)
+    acknowledged: list[dict[str, Any]] = []
+    unacknowledged: list[dict[str, Any]] = []
+    killed = asyncio.Event()
+
+    async with daemon_fixtures.run_daemon("--config", config, cwd=tmp_path) as first:
+        url = f"{first.url}/webhook/alertmanager"
+
+        async def send(session: aiohttp.ClientSession) -> None:
+            while not pending.empty():
+                payload = pending.get_nowait()
+                try:
+                    async with session.post(url, json=payload) as response:
+                        await response.read()
+                        ok = 200 <= response.status < 300
+                except aiohttp.ClientError:
+                    ok = False
+                (acknowledged if ok else unacknowledged).append(payload)
+                if len(acknowledged) == KILL_AFTER and not killed.is_set():
+                    # Once: a second kill() could reap the child before asyncio's watcher does.
+                    killed.set()
+                    first.process.kill()
+
+        async with aiohttp.ClientSession(headers=first.headers()) as session:
+            await asyncio.gather(*(send(session) for _ in range(SENDERS)))
+        assert await first.exit_code() == -signal.SIGKILL
+
+    assert len(acknowledged) >= KILL_AFTER
+    assert unacknowledged, "the kill must have happened with deliveries still to send"
+    acknowledged_alerts = {fingerprint_of(p) for p in acknowledged}
+
+    async with (
+        daemon_fixtures.run_daemon("--config", config, cwd=tmp_path) as second,
+        aiohttp.ClientSession(headers=second.headers()) as session,
+    ):
+        url = f"{second.url}/webhook/alertmanager"
+        for payload in unacknowledged:
+            async with session.post(url, json=payload) as response:
+                assert response.status == 200, await response.text()
+        for payload in acknowledged[::7]:
+            async with session.post(url, json=payload) as response:
+                assert response.status == 200
+                assert await response.json() == {"alerts": 1, "duplicates": 1, "runs": []}
+
+        runs = await daemon_fixtures.wait_all_finished(session, second)
+        async with session.get(
+            f"{second.url}/api/v1/audit",
+            params={"kind": "daemon_started"},
+            headers=second.headers(daemon_fixtures.API_TOKEN),
+        ) as response:
+            starts = (await response.json())["items"]
+        second.send(signal.SIGTERM)
+        assert await second.exit_code() == 0
+
+    per_alert = collections.Counter(run["fingerprint"] for run in runs)
+    everything = {fingerprint_of(firing(i)) for i in range(DISTINCT)}
+    assert set(per_alert) == everything, "an alert has no run"
+    assert acknowledged_alerts <= set(per_alert), "an acknowledged alert was lost"
+    assert [f for f, n in per_alert.items() if n != 1] == [], "an alert ran twice"
+    outcomes = collections.Counter(run["status"] for run in runs)
+    assert set(outcomes) <= {"succeeded", "interrupted"}, outcomes
+    interrupted = [run for run in runs if run["status"] == "interrupted"]
+    assert len(interrupted) <= CONCURRENCY
+    assert all(run["error"] == "daemon restarted" for run in interrupted)
+    assert [s["details"]["interrupted"] for s in starts] == [0, len(interrupted)]
+
+    verified = cli("audit", "verify", "--state", tmp_path / "state.sqlite", cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+import aiohttp
 
 from remediator import __version__, config, running
 from remediator.adapters import loading, state
@@ -69,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check playbooks; exit 1 on any problem")
     validate.add_argument("paths", nargs="*", default=["playbooks"], metavar="PATH")
+    validate.add_argument(
+        "--config", type=Path, help="the daemon's config, for its safety defaults"
+    )
     validate.set_defaults(handler=_validate)
 
     simulate = commands.add_parser("simulate", help="show what an alert would do, changing nothing")
@@ -81,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--playbooks", default="playbooks", metavar="DIR")
     simulate.add_argument("--config", type=Path)
     simulate.add_argument("--json", action="store_true", help="machine-readable output")
+    simulate.add_argument(
+        "--state",
+        metavar="PATH",
+        help="decide safety against this state file (read-only), not a fresh one",
+    )
     simulate.set_defaults(handler=_simulate)
 
     audit = commands.add_parser("audit", help="review the audit log")
@@ -96,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--cursor")
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     audit.set_defaults(handler=_audit)
+
+    _add_control_commands(commands)
 
     demo = commands.add_parser(
         "demo", help="run the daemon on the example config with a sample alert"
@@ -130,7 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     files = loading.playbook_files(args.paths)
-    playbooks = loading.load_playbooks(args.paths, registry.builtin())
+    defaults = config.load(args.config).safety.defaults
+    playbooks = loading.load_playbooks(args.paths, registry.builtin(), defaults=defaults)
     print(f"{len(playbooks.playbooks)} playbooks in {len(files)} files: OK")
     return 0
 
@@ -138,18 +153,162 @@ def _validate(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     actions = registry.builtin()
-    playbooks = loading.load_playbooks([args.playbooks], actions)
+    playbooks = loading.load_playbooks([args.playbooks], actions, defaults=settings.safety.defaults)
     try:
         raw = json.loads(args.alert.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         print(f"{args.alert}: cannot read alert JSON: {e}", file=sys.stderr)
         return 1
-    report = simulating.simulate(raw, playbooks, actions, settings=settings)
+    decide = None
+    if args.state:
+        decide = asyncio.run(_preview_decisions(args.state, raw, playbooks, settings))
+    report = simulating.simulate(raw, playbooks, actions, settings=settings, decide=decide)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
         simulating.print_report(report, sys.stdout)
+    return 0
+
+
+async def _preview_decisions(
+    path: str, raw: Any, playbooks: Any, settings: config.Settings
+) -> simulating.Decide:
+    """Decisions against a live state file, read-only: what the daemon would decide now."""
+    store = state.open_readonly(path)
+    await store.open()
+    try:
+        table = {}
+        for run, alertname in simulating.candidates(raw, playbooks, settings=settings):
+            assert run.policy is not None  # noqa: S101 - plan_admission attaches one
+            table[(run.playbook, run.target, alertname)] = await store.preview_admission(
+                run,
+                run.policy,
+                alertname,
+                now=time.time(),
+                known_targets=settings.safety.known_targets,
+            )
+    finally:
+        await store.close()
+    return lambda run, alertname: table[(run.playbook, run.target, alertname)]
+
+
+def _add_control_commands(commands: Any) -> None:
+    def control(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+        parser.add_argument("--config", type=Path, help="to find the daemon's address")
+        parser.add_argument("--url", help="daemon base URL (default from --config)")
+        parser.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help="API token (default $REMEDIATOR_API_TOKEN, then $REMEDIATOR_TOKEN)",
+        )
+        parser.add_argument(
+            "--by",
+            default=os.environ.get("USER", "operator"),
+            help="who is deciding, for the audit log (default $USER)",
+        )
+        return parser
+
+    pause = control("pause", "pause all remediation (kill switch); alerts are still recorded")
+    pause.add_argument("--reason", required=True)
+    pause.set_defaults(handler=_pause)
+    resume = control("resume", "resume remediation")
+    resume.set_defaults(handler=_resume)
+    status = control("safety", "show pause state, open breakers, storms, runs awaiting approval")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_safety)
+    breakers = control("breakers", "reset circuit breakers")
+    breakers.add_argument("action", choices=["reset"])
+    breakers.add_argument("playbook")
+    breakers.add_argument("--target", help="only this target's breaker")
+    breakers.set_defaults(handler=_reset_breakers)
+    for name, approved in (("approve", True), ("reject", False)):
+        decide = control(name, f"{name} a run waiting in awaiting_approval")
+        decide.add_argument("run_id")
+        decide.add_argument("--comment", default="")
+        decide.set_defaults(handler=_approval, approved=approved)
+
+
+def _api(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """One authenticated call to the daemon's API; prints the error and exits 1 on failure."""
+    settings = config.load(args.config)
+    wildcard = settings.server.host in ("0.0.0.0", "::")  # noqa: S104 - a listen address, mapped to loopback
+    host = "127.0.0.1" if wildcard else settings.server.host
+    url = (args.url or f"http://{host}:{settings.server.port}").rstrip("/") + path
+    token = config.read_token(args.token_file, "REMEDIATOR_API_TOKEN") or config.read_token(
+        None, "REMEDIATOR_TOKEN"
+    )
+
+    async def call() -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        timeout = aiohttp.ClientTimeout(total=15)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, url, json=body, headers=headers) as response,
+        ):
+            return response.status, await response.json(content_type=None)
+
+    try:
+        status, payload = asyncio.run(call())
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        raise SystemExit(f"remediator: cannot reach {url}: {e}") from e
+    if status >= 400:
+        message = payload.get("message", payload) if isinstance(payload, dict) else payload
+        raise SystemExit(f"remediator: {method} {path}: HTTP {status}: {message}")
+    return payload
+
+
+def _pause(args: argparse.Namespace) -> int:
+    result = _api(args, "POST", "/api/v1/pause", {"by": args.by, "reason": args.reason})
+    print("remediation paused" if result["changed"] else "remediation was already paused")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    result = _api(args, "POST", "/api/v1/resume", {"by": args.by})
+    print("remediation resumed" if result["changed"] else "remediation was not paused")
+    return 0
+
+
+def _safety(args: argparse.Namespace) -> int:
+    status = _api(args, "GET", "/api/v1/safety")
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    paused = status["paused"]
+    print(
+        f"paused: by {paused['by']} since {reporting.timestamp(paused['since'])}: "
+        f"{paused['reason']}"
+        if paused
+        else "paused: no"
+    )
+    for breaker in status["breakers"]:
+        scope = breaker["target"] or "(whole playbook)"
+        print(
+            f"breaker open: {breaker['playbook']} {scope} until "
+            f"{reporting.timestamp(breaker['closes_at'])}"
+        )
+    for storm in status["storms"]:
+        print(f"storm: {storm['alertname']} (playbook {storm['playbook']})")
+    for run_id in status["awaiting_approval"]:
+        print(f"awaiting approval: run {run_id}")
+    return 0
+
+
+def _reset_breakers(args: argparse.Namespace) -> int:
+    body = {"by": args.by, "playbook": args.playbook, "target": args.target}
+    result = _api(args, "POST", "/api/v1/breakers/reset", body)
+    print(f"closed {result['closed']} breaker(s)")
+    return 0
+
+
+def _approval(args: argparse.Namespace) -> int:
+    verb = "approve" if args.approved else "reject"
+    _api(
+        args, "POST", f"/api/v1/runs/{args.run_id}/{verb}", {"by": args.by, "comment": args.comment}
+    )
+    print(f"run {args.run_id}: {verb}d")
     return 0
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -27,7 +29,7 @@ from remediator.adapters import auditing, loading, metrics, prometheus, state
 from remediator.config import LoggingSettings, Settings, read_token
 from remediator.core.errors import ConfigError, Problem
 from remediator.core.runs import AuditEvent, AuditKind
-from remediator.engine import admitting, executing, reloading, scheduling
+from remediator.engine import admitting, envelope, executing, reloading, scheduling
 from remediator.engine.actions import registry
 from remediator.web import intake
 from remediator.web.services import Services
@@ -107,7 +109,11 @@ class Daemon:
             )
         actions = registry.builtin()
         paths = [settings.playbooks.directory]
-        playbooks = await asyncio.to_thread(loading.load_playbooks, paths, actions)
+        playbooks = await asyncio.to_thread(
+            functools.partial(
+                loading.load_playbooks, paths, actions, defaults=settings.safety.defaults
+            )
+        )
         library = reloading.PlaybookLibrary(playbooks)
         metric_set = metrics.Metrics(CollectorRegistry())
         metric_set.playbooks_loaded.set(len(playbooks.playbooks))
@@ -140,19 +146,32 @@ class Daemon:
                 session, settings.prometheus.url, timeout=settings.prometheus.timeout
             )
         resources = registry.Resources(
-            settings=settings, http=session, prometheus=prom, secrets=tokens.secrets
+            settings=settings,
+            http=session,
+            prometheus=prom,
+            secrets=(*tokens.secrets, *_notify_tokens(settings)),
         )
+        approvals = envelope.Approvals()
+        escalator = envelope.Escalator(resources=resources, store=store, metrics=metric_set)
         executor = executing.Executor(
             registry=actions,
             store=store,
             resources=resources,
             metrics=metric_set,
             playbooks=library,
+            approvals=approvals,
+            escalator=escalator,
         )
+
+        def playbook_limit(name: str) -> int | None:
+            playbook = library().by_name(name)
+            return playbook.safety.max_concurrent if playbook is not None else None
+
         scheduler = scheduling.Scheduler(
             capacity=settings.engine.queue_size,
             concurrency=settings.engine.concurrency,
             execute=executor.execute,
+            playbook_limit=playbook_limit,
         )
         metric_set.queue_depth.set_function(lambda: scheduler.depth)
         metric_set.runs_active.set_function(lambda: scheduler.active)
@@ -163,6 +182,8 @@ class Daemon:
             playbooks=library,
             only_highest=settings.playbooks.match == "first",
             dry_run=settings.engine.dry_run,
+            known_targets=lambda: settings.safety.known_targets,
+            escalator=escalator,
         )
         reloader = reloading.Reloader(
             library=library,
@@ -170,12 +191,16 @@ class Daemon:
             catalog=actions,
             store=store,
             metrics=metric_set,
+            defaults=settings.safety.defaults,
         )
 
         now = time.time()
         interrupted = await store.interrupt_unfinished(now=now, reason="daemon restarted")
         queued = await store.queued_runs()
-        scheduler.restore(scheduling.QueuedRun(run_id=r.run_id, target=r.target) for r in queued)
+        scheduler.restore(
+            scheduling.QueuedRun(run_id=r.run_id, target=r.target, playbook=r.playbook)
+            for r in queued
+        )
         await store.append_audit(
             [
                 reloading.loaded_event(library(), trigger="startup"),
@@ -201,7 +226,12 @@ class Daemon:
             webhook_token=tokens.webhook,
             api_token=tokens.api,
             ready=lambda: not self.stopping.is_set(),
+            approvals=approvals,
+            refresh_safety=lambda: envelope.refresh_gauges(
+                store, metric_set, approvals, now=time.time()
+            ),
         )
+        await services.refresh_safety()
         runner = web.AppRunner(
             intake.make_app(services),
             access_log=None,
@@ -213,9 +243,17 @@ class Daemon:
         self.url = _bound_url(
             runner, fallback=f"http://{settings.server.host}:{settings.server.port}"
         )
-        watcher = asyncio.create_task(
-            reloader.watch(settings.playbooks.watch_interval), name="playbook-watcher"
-        )
+        background = [
+            asyncio.create_task(
+                reloader.watch(settings.playbooks.watch_interval), name="playbook-watcher"
+            ),
+            asyncio.create_task(
+                envelope.watch_gauges(
+                    store, metric_set, approvals, interval=settings.safety.status_interval
+                ),
+                name="safety-gauges",
+            ),
+        ]
         loop = asyncio.get_running_loop()
         with _signals(loop, self.stopping, reloader):
             log.info(
@@ -228,10 +266,11 @@ class Daemon:
             self.ready.set()
             await self.stopping.wait()
         log.info("daemon_stopping", grace_period=settings.engine.grace_period)
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         still_queued = await scheduler.drain(settings.engine.grace_period)
+        await escalator.drain()
         await runner.cleanup()
         await store.append_audit(
             [
@@ -244,6 +283,15 @@ class Daemon:
             now=time.time(),
         )
         return 0
+
+
+def _notify_tokens(settings: Settings) -> tuple[str, ...]:
+    """Escalation receivers' tokens, so they are masked wherever they could surface."""
+    found = []
+    for target in settings.notify.targets.values():
+        if target.token_env and (token := os.environ.get(target.token_env)):
+            found.append(token)
+    return tuple(found)
 
 
 def _bound_url(runner: web.AppRunner, *, fallback: str) -> str:

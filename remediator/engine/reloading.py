@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import structlog
 
 from remediator.adapters import loading, metrics, state
+from remediator.core import validation
 from remediator.core.actions import ActionCatalog
 from remediator.core.errors import PlaybookError
 from remediator.core.playbooks import PlaybookSet
 from remediator.core.runs import AuditEvent, AuditKind
+from remediator.core.safety import SafetyPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +44,9 @@ class Reloader:
         store: state.StateStore,
         metrics: metrics.Metrics,
         clock: Callable[[], float] = time.time,
+        defaults: SafetyPolicy = validation.DEFAULT_POLICY,
     ) -> None:
+        self._defaults = defaults
         self._library = library
         self._paths = list(paths)
         self._catalog = catalog
@@ -55,7 +60,12 @@ class Reloader:
         async with self._lock:
             try:
                 playbooks = await asyncio.to_thread(
-                    loading.load_playbooks, self._paths, self._catalog
+                    functools.partial(
+                        loading.load_playbooks,
+                        self._paths,
+                        self._catalog,
+                        defaults=self._defaults,
+                    )
                 )
             except PlaybookError as e:
                 self._metrics.reload_failures.inc()
@@ -91,7 +101,10 @@ class Reloader:
             current = await asyncio.to_thread(loading.snapshot, self._paths)
             if current != seen:
                 seen = current
-                await self.reload(trigger="file_change")
+                try:
+                    await self.reload(trigger="file_change")
+                except Exception:  # a store hiccup must not end hot reload for good
+                    log.exception("playbook_reload_crashed")
 
 
 def loaded_event(playbooks: PlaybookSet, *, trigger: str) -> AuditEvent:

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from remediator.core import alerts
 from remediator.core.errors import PayloadError
 from remediator.engine import admitting
-from remediator.web import auth, review
+from remediator.web import auth, control, review
 from remediator.web.services import SERVICES, Services
 
 log = structlog.get_logger(__name__)
@@ -33,6 +33,7 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     review.add_routes(app)
+    control.add_routes(app)
     return app
 
 

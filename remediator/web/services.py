@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from remediator.adapters import metrics, state
 from remediator.config import Settings
-from remediator.engine import admitting
+from remediator.engine import admitting, envelope
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,6 +23,9 @@ class Services:
     webhook_token: str | None
     api_token: str | None
     ready: Callable[[], bool]
+    approvals: envelope.Approvals
+    refresh_safety: Callable[[], Awaitable[None]]
+    """Bring the safety gauges up to date right after an operator changed something."""
 
 
 SERVICES = web.AppKey("services", Services)

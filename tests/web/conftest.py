@@ -34,7 +34,7 @@ from remediator.config import (
     Settings,
     StateSettings,
 )
-from remediator.engine import admitting, executing, reloading, scheduling
+from remediator.engine import admitting, envelope, executing, reloading, scheduling
 from remediator.engine.actions import registry
 from remediator.web import intake
 from remediator.web.services import Services
@@ -152,7 +152,9 @@ class Engine:
         library = reloading.PlaybookLibrary(
             loading.load_playbooks([settings.playbooks.directory], actions)
         )
+        self.approvals = envelope.Approvals()
         self.executor = executing.Executor(
+            approvals=self.approvals,
             registry=actions,
             store=store,
             resources=registry.Resources(settings=settings, http=session),
@@ -183,6 +185,10 @@ class Engine:
             webhook_token=webhook_token,
             api_token=api_token,
             ready=lambda: self.ready,
+            approvals=self.approvals,
+            refresh_safety=lambda: envelope.refresh_gauges(
+                store, self.metrics, self.approvals, now=clock()
+            ),
         )
 
     async def _execute(self, run_id: str) -> object:

@@ -104,6 +104,8 @@ class ProvisionerSettings:
     """Base URL of the store provisioner API (``/api/v1/stores/<id>``)."""
     token_file: str | None = None
     """Bearer token for the provisioner, read at start-up; never logged."""
+    token_env: str = "REMEDIATOR_PROVISIONER_TOKEN"  # noqa: S105 - a variable name
+    """Environment variable read when ``token_file`` is not set."""
     timeout: float = 10.0
     retries: int = 3
     """Attempts on 5xx and connection errors, with backoff, inside one step."""

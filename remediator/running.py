@@ -145,11 +145,19 @@ class Daemon:
             prom = prometheus.PrometheusClient(
                 session, settings.prometheus.url, timeout=settings.prometheus.timeout
             )
+        provisioner_token = read_token(
+            settings.provisioner.token_file, settings.provisioner.token_env
+        )
         resources = registry.Resources(
             settings=settings,
             http=session,
             prometheus=prom,
-            secrets=(*tokens.secrets, *_notify_tokens(settings)),
+            provisioner_token=provisioner_token,
+            secrets=(
+                *tokens.secrets,
+                *_notify_tokens(settings),
+                *((provisioner_token,) if provisioner_token else ()),
+            ),
         )
         approvals = envelope.Approvals()
         escalator = envelope.Escalator(resources=resources, store=store, metrics=metric_set)

@@ -36,10 +36,18 @@ class ActionSpec:
     """The action itself honours dry-run (e.g. the API server's ``dryRun=All``); otherwise the
     executor never calls a mutating action in dry-run and reports its preview instead."""
     mutating_when: Callable[[Any], bool] | None = None
+    destructive_when: Callable[[Any], bool] | None = None
+    """For actions destructive only with some params (the provisioner's DELETE). At load time a
+    step whose params cannot be built yet (templated) counts as destructive."""
     """For actions whose danger depends on params (``http.request`` with GET is read-only)."""
     description: str = ""
     permissions: tuple[Permission, ...] = ()
     """Kubernetes RBAC the action needs (issue: least-privilege RBAC derived from the registry)."""
+
+    def is_destructive(self, params: object) -> bool:
+        if self.destructive_when is not None:
+            return self.destructive_when(params)
+        return self.destructive
 
     def is_mutating(self, params: object) -> bool:
         if self.mutating_when is not None:

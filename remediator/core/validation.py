@@ -255,7 +255,7 @@ def _destructive(
     for phase_path, steps in _phases(raw):
         for i, step in enumerate(steps):
             spec = catalog.spec(step["action"])
-            if spec is not None and spec.destructive:
+            if spec is not None and _may_destroy(spec, step.get("params", {})):
                 problems.append(
                     _problem(
                         doc,
@@ -265,6 +265,16 @@ def _destructive(
                     )
                 )
     return problems
+
+
+def _may_destroy(spec: Any, raw_params: Mapping[str, Any]) -> bool:
+    if spec.destructive_when is None:
+        return bool(spec.destructive)
+    try:
+        typed = params.build(spec.params, raw_params)
+    except Exception:  # templated or invalid: it could be the destructive variant
+        return True
+    return bool(spec.is_destructive(typed))
 
 
 def _storm_playbooks(playbooks: list[Playbook]) -> list[Problem]:

@@ -324,13 +324,14 @@ class Executor:
         if await self._store.is_paused():
             raise RunHaltedError(RunStatus.INTERRUPTED, "remediation paused (kill switch)")
         policy = run_state.playbook.safety
-        if spec.destructive and not policy.allow_destructive:
+        destructive = spec.is_destructive(typed)
+        if destructive and not policy.allow_destructive:
             return StepResult(
                 outcome=StepOutcome.FAILED,
                 error=f"{step.action} is destructive and the playbook does not allow it",
             )
         if run_state.run.dry_run or not safety.needs_approval(
-            policy, mutating=mutating, destructive=spec.destructive
+            policy, mutating=mutating, destructive=destructive
         ):
             return None
         decision = await self._await_approval(run_state, step, rendered, policy)

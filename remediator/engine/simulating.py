@@ -220,7 +220,12 @@ def _step(
         entry["mutating"] = action.spec.mutating
         return entry
     mutating = action.spec.is_mutating(typed)
-    entry.update(params=params.to_json(typed), mutating=mutating, would=action.preview(typed))
+    entry.update(
+        params=params.to_json(typed),
+        mutating=mutating,
+        destructive=action.spec.is_destructive(typed),
+        would=action.preview(typed),
+    )
     if context["run"]["dry_run"] and mutating and not action.spec.supports_dry_run:
         entry["would"] = f"(dry-run, not executed) {entry['would']}"
     return entry

@@ -84,6 +84,8 @@ class ProvisionerAction:
         params=ProvisionerParams,
         mutating=True,
         mutating_when=lambda p: p.operation != "get",
+        # Removing a store from the provisioner is as final as deleting its namespace.
+        destructive_when=lambda p: p.operation == "delete",
         description="Get a store from the store provisioner API, set its status, delete it or "
         "provision it again; the URL and token come from the `provisioner` config.",
     )

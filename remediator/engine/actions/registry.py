@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
-from remediator.adapters import prometheus
+from remediator.adapters import kubernetes, prometheus
 from remediator.config import Settings
 from remediator.core.actions import ActionSpec
 
@@ -28,6 +28,7 @@ class Resources:
     settings: Settings
     http: aiohttp.ClientSession
     prometheus: prometheus.PrometheusClient | None = None
+    kube: kubernetes.KubeClient | None = None
     secrets: tuple[str, ...] = ()
     """Known secret values, masked wherever they would appear in outputs or errors."""
     provisioner_token: str | None = None
@@ -85,7 +86,16 @@ class ActionRegistry:
 def builtin() -> ActionRegistry:
     """The registry of every action remediator ships."""
     # Imported here: the action modules import this module for the interface types.
-    from remediator.engine.actions import httprequest, logmessage, notify, promql, provisioner
+    from remediator.engine.actions import helm, httprequest, logmessage, notify, promql, provisioner
+    from remediator.engine.actions.kube import (
+        delete,
+        diagnose,
+        finalizers,
+        logs,
+        rollout,
+        scale,
+        waiting,
+    )
 
     return ActionRegistry(
         [
@@ -95,5 +105,17 @@ def builtin() -> ActionRegistry:
             promql.WaitForAction(),
             notify.NotifyWebhookAction(),
             provisioner.ProvisionerAction(),
+            diagnose.DiagnoseAction(),
+            rollout.RolloutRestartAction(),
+            rollout.WaitRolloutAction(),
+            scale.ScaleAction(),
+            delete.DeleteAction(),
+            delete.DeletePvcAction(),
+            delete.DeleteNamespaceAction(),
+            finalizers.RemoveFinalizersAction(),
+            waiting.WaitForAction(),
+            logs.LogsTailAction(),
+            helm.ReleaseStatusAction(),
+            helm.ClearPendingReleaseAction(),
         ]
     )

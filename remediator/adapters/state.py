@@ -195,6 +195,7 @@ class StateStore(Protocol):
         events: Sequence[runs.AuditEvent] = (),
         policy: safety.SafetyPolicy | None = None,
         policy_for: Callable[[str], safety.SafetyPolicy | None] | None = None,
+        record_start: bool = False,
     ) -> runs.RunRecord | None:
         """QUEUED → RUNNING, or None if the run is no longer queued (e.g. cancelled)."""
 
@@ -362,8 +363,10 @@ class SqliteStateStore:
         events: Sequence[runs.AuditEvent] = (),
         policy: safety.SafetyPolicy | None = None,
         policy_for: Callable[[str], safety.SafetyPolicy | None] | None = None,
+        record_start: bool = False,
     ) -> runs.RunRecord | None:
-        """QUEUED → RUNNING; ``events`` (e.g. ``run_started``) are written only if it wins.
+        """QUEUED → RUNNING; ``events`` (and ``run_started`` with ``record_start``) are written
+        only if it wins, in the same transaction.
 
         With a ``policy`` (or ``policy_for``, given the run's playbook name), the start is
         re-checked: pause, breaker and cooldown may have changed while the run waited. A
@@ -403,8 +406,20 @@ class SqliteStateStore:
             ).rowcount
             if not claimed:
                 return None
-            _append(conn, pending, now)
-            return _fetch_run(conn, run_id)
+            record = _fetch_run(conn, run_id)
+            started = (
+                [
+                    dataclasses.replace(
+                        _run_event(runs.AuditKind.RUN_STARTED, record, ""),
+                        reason=None,
+                        details={"dry_run": record.dry_run},
+                    )
+                ]
+                if record_start
+                else []
+            )
+            _append(conn, [*started, *pending], now)
+            return record
 
         return await self._transact("claim_run", claim)
 

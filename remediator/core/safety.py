@@ -108,6 +108,15 @@ def is_storm(policy: StormPolicy, *, targets: int, known: int | None) -> bool:
     return known is not None and known > 0 and targets * 100.0 / known > policy.max_percent
 
 
+def storm_count_cap(policy: StormPolicy, *, known: int | None) -> int:
+    """How far distinct targets must be counted to decide :func:`is_storm`: one past the
+    lowest threshold in force."""
+    threshold = policy.max_targets
+    if known:
+        threshold = min(threshold, int(known * policy.max_percent / 100.0))
+    return threshold + 1
+
+
 def decide_admission(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) -> Decision:
     """Whether a new run may be queued. Scope is checked earlier, on the alert itself."""
     if snapshot.paused:
@@ -117,6 +126,8 @@ def decide_admission(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) ->
             refusal=Refusal.STORM,
             details={
                 "targets": snapshot.storm_targets,
+                # The store stops counting here: "targets" is "at least" when it equals this.
+                "counted_up_to": storm_count_cap(policy.storm, known=snapshot.known_targets),
                 "known": snapshot.known_targets,
                 "max_targets": policy.storm.max_targets,
                 "max_percent": policy.storm.max_percent,

@@ -108,6 +108,7 @@ class Executor:
             run_id,
             now=self._clock(),
             policy_for=self._policy_of,
+            record_start=True,
         )
         if run is None:
             return None
@@ -162,10 +163,6 @@ class Executor:
                 "steps": {},
             },
         )
-        await self._store.append_audit(
-            [run_state.event(AuditKind.RUN_STARTED, details={"dry_run": run.dry_run})],
-            now=self._clock(),
-        )
         status, error = RunStatus.SUCCEEDED, None
         try:
             for step in playbook.steps:
@@ -176,9 +173,12 @@ class Executor:
         except RunHaltedError as halt:
             # Paused or rejected: an operator's decision, so no verification and no escalation.
             return halt.status, str(halt)
-        verified = playbook.verify is None or (
-            status is RunStatus.SUCCEEDED and await self._verify(run_state)
-        )
+        try:
+            verified = playbook.verify is None or (
+                status is RunStatus.SUCCEEDED and await self._verify(run_state)
+            )
+        except RunHaltedError as halt:  # a mutating check (http.request POST) hit the gate
+            return halt.status, str(halt)
         if status is RunStatus.SUCCEEDED and not verified:
             status, error = RunStatus.UNVERIFIED, "verification did not hold by its deadline"
         if status is not RunStatus.SUCCEEDED and playbook.on_failure:
@@ -187,8 +187,13 @@ class Executor:
                 "status": str(status),
                 "error": error,
             }
-            for step in playbook.on_failure:
-                await self._step(run_state, Phase.ON_FAILURE, step)
+            try:
+                for step in playbook.on_failure:
+                    await self._step(run_state, Phase.ON_FAILURE, step)
+            except RunHaltedError as halt:
+                # The run had already failed: that outcome stands (the breaker must count it);
+                # why its on_failure steps stopped becomes part of its error.
+                error = f"{error}; on_failure stopped: {halt}"
         return status, error
 
     async def _verify(self, run_state: _RunState) -> bool:
@@ -340,6 +345,10 @@ class Executor:
             raise RunHaltedError(
                 RunStatus.REJECTED, f"step {step.name!r} rejected by {decision.by}{comment}"
             )
+        # The wait can be long; an approval given after the kill switch was thrown must not
+        # override it.
+        if await self._store.is_paused():
+            raise RunHaltedError(RunStatus.INTERRUPTED, "remediation paused (kill switch)")
         return None
 
     async def _await_approval(
@@ -521,8 +530,7 @@ class Executor:
             breaker=playbook.safety.breaker if playbook is not None else None,
         )
         if self._escalator is not None:
-            for breaker in opened:
-                self._escalator.breaker_opened(breaker)
+            self._escalator.breakers_opened(opened)
         self._metrics.run_finished(
             playbook=run.playbook, outcome=str(status), duration=now - started
         )

@@ -108,6 +108,10 @@ class Scheduler:
     def _dispatch(self) -> None:
         if not self._accepting:
             return
+        if len(self._running) >= self._concurrency:
+            self._update_idle()
+            return
+        # Copied because starting a run removes it; only reached when a slot is free.
         for run_id, run in list(self._pending.items()):
             if len(self._running) >= self._concurrency:
                 break

@@ -586,6 +586,7 @@ async def test_the_sixth_target_starts_a_storm_exactly_once(store: state.SqliteS
     ]
     assert not_run[0].event.details == {
         "targets": 6,
+        "counted_up_to": 6,
         "known": None,
         "max_targets": 5,
         "max_percent": 100.0,
@@ -629,6 +630,7 @@ async def test_storm_by_share_of_known_targets(store: state.SqliteStateStore) ->
     (record,) = await audit(store, runs.AuditKind.ALERT_NOT_RUN)
     assert record.event.details == {
         "targets": 3,
+        "counted_up_to": 3,
         "known": 10,
         "max_targets": 100,
         "max_percent": 20.0,

@@ -162,7 +162,13 @@ def test_storm_refusal_details() -> None:
 
     decision = safety.decide_admission(POLICY, snapshot, now=NOW)
 
-    assert decision.details == {"targets": 6, "known": 100, "max_targets": 5, "max_percent": 20.0}
+    assert decision.details == {
+        "targets": 6,
+        "counted_up_to": 6,
+        "known": 100,
+        "max_targets": 5,
+        "max_percent": 20.0,
+    }
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from remediator import __version__
-from remediator.adapters import auditing, loading, metrics, prometheus, state
+from remediator.adapters import auditing, kubernetes, loading, metrics, prometheus, state
 from remediator.config import LoggingSettings, Settings, read_token
 from remediator.core.errors import ConfigError, Problem
 from remediator.core.runs import AuditEvent, AuditKind
@@ -120,12 +120,20 @@ class Daemon:
         store = state.SqliteStateStore(settings.state.path, on_append=auditing.log_record)
         await store.open()
         try:
-            async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=settings.http.timeout),
-                headers={"User-Agent": f"remediator/{__version__}"},
-            ) as session:
+            async with contextlib.AsyncExitStack() as clients:
+                session = await clients.enter_async_context(
+                    aiohttp.ClientSession(
+                        timeout=aiohttp.ClientTimeout(total=settings.http.timeout),
+                        headers={"User-Agent": f"remediator/{__version__}"},
+                    )
+                )
+                kube = None
+                if settings.kubernetes.enabled:
+                    kube = await clients.enter_async_context(
+                        kubernetes.connect(settings.kubernetes)
+                    )
                 return await self._serve(
-                    settings, tokens, actions, library, metric_set, store, session
+                    settings, tokens, actions, library, metric_set, store, session, kube
                 )
         finally:
             await store.close()
@@ -139,6 +147,7 @@ class Daemon:
         metric_set: metrics.Metrics,
         store: state.SqliteStateStore,
         session: aiohttp.ClientSession,
+        kube: kubernetes.KubeClient | None,
     ) -> int:
         prom = None
         if settings.prometheus.url:
@@ -152,6 +161,7 @@ class Daemon:
             settings=settings,
             http=session,
             prometheus=prom,
+            kube=kube,
             provisioner_token=provisioner_token,
             secrets=(
                 *tokens.secrets,

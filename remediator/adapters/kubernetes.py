@@ -10,6 +10,7 @@ chosen by HTTP status, with the original exception as ``__cause__``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import dataclasses
@@ -26,6 +27,7 @@ import aiohttp
 import structlog
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config import incluster_config
 
 from remediator.config import KubernetesSettings
 from remediator.core import redaction
@@ -43,6 +45,7 @@ MAX_PAGES = 20
 """Lists stop after this many pages: remediation never needs 10 000 objects of one kind."""
 _JSON_RESPONSES = {200: "object", 201: "object", 202: "object"}
 _AUTH = ["BearerToken"]
+IN_CLUSTER = "in-cluster"
 
 
 class PatchType(enum.StrEnum):
@@ -251,7 +254,7 @@ class KubeClient:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
-    ) -> list[Object]:
+    ) -> builtins.list[Object]:
         """Every matching object (following ``continue`` tokens, up to `MAX_PAGES`)."""
         path = _collection_path(resource, namespace)
         query: list[tuple[str, str]] = [("limit", str(PAGE_SIZE))]
@@ -259,7 +262,7 @@ class KubeClient:
             query.append(("labelSelector", label_selector))
         if field_selector:
             query.append(("fieldSelector", field_selector))
-        items: list[Object] = []
+        items: builtins.list[Object] = []
         token: str | None = None
         for _ in range(MAX_PAGES):
             page = await self._json("GET", path, query=[*query, *_maybe("continue", token)])
@@ -319,16 +322,27 @@ class KubeClient:
         namespace: str | None = None,
         propagation: str | None = None,
         grace_period: int | None = None,
+        resource_version: str | None = None,
         dry_run: bool = False,
     ) -> Object:
-        """The object as it now is (still terminating) or a ``Success`` Status."""
+        """The object as it now is (still terminating) or a ``Success`` Status.
+
+        With ``resource_version`` the deletion is conditional: 409 if the object has changed.
+        """
         path = resource.path(namespace=namespace, name=name)
         query = [
             *_maybe("propagationPolicy", propagation),
             *_maybe("gracePeriodSeconds", None if grace_period is None else str(grace_period)),
             *_dry_run(dry_run),
         ]
-        return await self._json("DELETE", path, query=query)
+        body = None
+        if resource_version is not None:
+            body = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "preconditions": {"resourceVersion": resource_version},
+            }
+        return await self._json("DELETE", path, query=query, body=body)
 
     # --- subresources -----------------------------------------------------------------------
 
@@ -361,7 +375,7 @@ class KubeClient:
             *_maybe("container", container),
             *_maybe("tailLines", None if tail_lines is None else str(tail_lines)),
             *_maybe("limitBytes", None if limit_bytes is None else str(limit_bytes)),
-            *(("previous", "true") for _ in range(previous)),
+            *_maybe("previous", "true" if previous else None),
         ]
         # Read raw: the generated client would json.loads() a log whose text happens to be
         # JSON (a structured log line) and hand back the repr of a dict.
@@ -500,24 +514,36 @@ async def _load_configuration(
     settings: KubernetesSettings, env: Mapping[str, str], configuration: client.Configuration
 ) -> str | None:
     """Fill ``configuration``; returns where it came from, or None if nowhere."""
+    source = _locate(settings, env)
+    if source is None:
+        return None
+    if source == IN_CLUSTER:
+        try:
+            incluster_config.InClusterConfigLoader(
+                token_filename=incluster_config.SERVICE_TOKEN_FILENAME,
+                cert_filename=incluster_config.SERVICE_CERT_FILENAME,
+                environ=dict(env),
+            ).load_and_set(configuration)
+        except config.ConfigException as e:
+            raise _config_error("kubernetes", f"in-cluster configuration: {e}") from e
+        return source
+    await _load_kubeconfig(source, settings.context, configuration)
+    return source
+
+
+def _locate(settings: KubernetesSettings, env: Mapping[str, str]) -> str | None:
+    """Kubeconfig path(s) to load, `IN_CLUSTER`, or None when there is no configuration."""
     if settings.kubeconfig:
         path = Path(settings.kubeconfig).expanduser()
         if not path.is_file():
             raise _config_error("kubernetes.kubeconfig", f"{path}: no such file")
-        await _load_kubeconfig(str(path), settings.context, configuration)
         return str(path)
     if env.get("KUBERNETES_SERVICE_HOST"):
-        try:
-            config.load_incluster_config(client_configuration=configuration, environ=dict(env))
-        except config.ConfigException as e:
-            raise _config_error("kubernetes", f"in-cluster configuration: {e}") from e
-        return "in-cluster"
-    candidates = env.get("KUBECONFIG") or str(Path(env.get("HOME") or Path.home()) / ".kube/config")
+        return IN_CLUSTER
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    candidates = env.get("KUBECONFIG") or str(home / ".kube" / "config")
     existing = [p for p in candidates.split(os.pathsep) if p and Path(p).expanduser().is_file()]
-    if not existing:
-        return None
-    await _load_kubeconfig(os.pathsep.join(existing), settings.context, configuration)
-    return os.pathsep.join(existing)
+    return os.pathsep.join(existing) or None
 
 
 async def _load_kubeconfig(

@@ -91,7 +91,7 @@ class DiagnoseAction:
         with guarding.api_errors(f"diagnose {namespace}"):
             snapshot = await _read(kube, namespace)
             missing = await _missing_secrets(kube, namespace, snapshot.pods)
-        return _report(snapshot, missing, secrets=context.resources.secrets)
+        return _report(namespace, snapshot, missing, secrets=context.resources.secrets)
 
     def preview(self, params: DiagnoseParams) -> str:
         return f"diagnose namespace {params.namespace}"
@@ -324,7 +324,9 @@ def _helm(namespace: str, secrets: Iterable[Mapping[str, Any]]) -> dict[str, Any
     return {"release": record.release, "revision": record.revision, "status": record.status}
 
 
-def _report(snapshot: _Snapshot, missing: list[str], *, secrets: Sequence[str]) -> Output:
+def _report(
+    namespace: str, snapshot: _Snapshot, missing: list[str], *, secrets: Sequence[str]
+) -> Output:
     pods = [_pod(p) for p in snapshot.pods]
     jobs = [_job(j) for j in snapshot.jobs]
     pvcs = [
@@ -337,14 +339,13 @@ def _report(snapshot: _Snapshot, missing: list[str], *, secrets: Sequence[str]) 
     services = [_service(s, endpoints) for s in snapshot.services]
     ingresses = [_ingress(i) for i in snapshot.ingresses]
     certificates = [_certificate(c) for c in snapshot.certificates]
-    namespace_name = bodies.name(snapshot.namespace) if snapshot.namespace else ""
     releases = helm.latest_by_release(helm.release_records(snapshot.helm_secrets))
 
+    phase = bodies.text(snapshot.namespace, "status", "phase")
     waiting = {r for p in pods for r in p["waiting_reasons"] + p["init_waiting_reasons"]}
     flags = {
         "namespace_missing": snapshot.namespace is None,
-        "namespace_terminating": bodies.text(snapshot.namespace, "status", "phase")
-        == "Terminating",
+        "namespace_terminating": phase == "Terminating",
         "image_pull_error": bool(waiting & IMAGE_PULL_REASONS),
         "crash_loop": "CrashLoopBackOff" in waiting,
         "oom_killed": any("OOMKilled" in p["terminated_reasons"] for p in pods),
@@ -365,7 +366,7 @@ def _report(snapshot: _Snapshot, missing: list[str], *, secrets: Sequence[str]) 
         "helm_failed": any(r.status == helm.FAILED for r in releases.values()),
         "secrets_missing": bool(missing),
     }
-    helm_release = _helm(namespace_name or "", snapshot.helm_secrets)
+    helm_release = _helm(namespace, snapshot.helm_secrets)
     totals = {
         "pods": len(pods),
         "jobs": len(jobs),
@@ -378,7 +379,7 @@ def _report(snapshot: _Snapshot, missing: list[str], *, secrets: Sequence[str]) 
         "events": len(snapshot.events),
     }
     return {
-        "namespace_phase": bodies.text(snapshot.namespace, "status", "phase") or None,
+        "namespace_phase": phase or None,
         "pods": pods[:MAX_ITEMS],
         "jobs": jobs[:MAX_ITEMS],
         "pvcs": pvcs[:MAX_ITEMS],

@@ -25,7 +25,6 @@ MAX_MATCHED = 50
 class WaitForParams:
     api_version: str = field(metadata={"doc": "e.g. v1, apps/v1, batch/v1, cert-manager.io/v1."})
     kind: str = field(metadata={"doc": "e.g. Pod, Deployment, Job, Certificate, Namespace."})
-    state: State = field(metadata={"doc": "present, absent, phase or condition."})
     name: str | None = field(default=None, metadata={"doc": "One object by name."})
     namespace: str | None = field(
         default=None, metadata={"doc": "Required for namespaced kinds; none for Namespace."}
@@ -33,6 +32,7 @@ class WaitForParams:
     label_selector: str | None = field(
         default=None, metadata={"doc": "Objects by label, e.g. app=store-abc-app."}
     )
+    state: State = field(metadata={"doc": "present, absent, phase or condition."})
     phase: str | None = field(
         default=None, metadata={"doc": "state phase: the status.phase to reach, e.g. Running."}
     )

@@ -62,9 +62,7 @@ safety:
   target_rate: null
   playbook_rate: null
   cooldown: 0
-  storm:
-    max_targets: 1000000000
-    max_percent: 100
+  storm: null
 steps:
   - name: record
     action: log

@@ -308,7 +308,7 @@ def _approval(args: argparse.Namespace) -> int:
     _api(
         args, "POST", f"/api/v1/runs/{args.run_id}/{verb}", {"by": args.by, "comment": args.comment}
     )
-    print(f"run {args.run_id}: {verb}d")
+    print(f"run {args.run_id}: {'approved' if args.approved else 'rejected'}")
     return 0
 
 

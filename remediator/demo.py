@@ -71,19 +71,22 @@ async def run_demo(workdir: Path, *, keep: bool) -> int:
         say("demo: run it from the repository root (it uses ./playbooks)")
         return 1
     async with escalation_receiver() as (hook_url, escalations):
-        settings = config.from_mapping({
-            "server": {"host": "127.0.0.1", "port": 0},
-            "auth": {"token_file": str(token_file)},
-            "playbooks": {"directory": str(playbooks)},
-            "state": {"path": str(workdir / "remediator.sqlite")},
-            "notify": {"targets": {"oncall": {"url": hook_url}}},
-            "logging": {"format": "console", "level": "warning"},
-        })
+        settings = config.from_mapping(
+            {
+                "server": {"host": "127.0.0.1", "port": 0},
+                "auth": {"token_file": str(token_file)},
+                "playbooks": {"directory": str(playbooks)},
+                "state": {"path": str(workdir / "remediator.sqlite")},
+                "notify": {"targets": {"oncall": {"url": hook_url}}},
+                "logging": {"format": "console", "level": "warning"},
+            }
+        )
         running.configure_logging(settings.logging)
         daemon = running.Daemon(settings=settings)
         task = asyncio.create_task(daemon.run())
-        await asyncio.wait([task, asyncio.create_task(daemon.ready.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [task, asyncio.create_task(daemon.ready.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
         if task.done():
             return task.result()
         say(f"remediator listening on {daemon.url} (state in {workdir})")
@@ -103,9 +106,11 @@ async def run_demo(workdir: Path, *, keep: bool) -> int:
                 audit = await r.json()
         say("\naudit trail:")
         for item in audit["items"]:
-            say(f"  #{item['seq']:<3} {item['time']}  {item['kind']:<22} "
+            say(
+                f"  #{item['seq']:<3} {item['time']}  {item['kind']:<22} "
                 f"{item['playbook'] or '-':<12} {item['target'] or '-':<10} "
-                f"{item['outcome'] or '-':<10} {item['reason'] or ''}")
+                f"{item['outcome'] or '-':<10} {item['reason'] or ''}"
+            )
         say(f"\nescalations received: {len(escalations)}")
         if keep:
             say("daemon keeps running; Ctrl-C to stop")
@@ -122,8 +127,10 @@ async def _wait_for_runs(http: aiohttp.ClientSession, url: str, patience: float 
             runs = (await r.json())["items"]
         if runs and all(run["finished_at"] for run in runs):
             for run in runs:
-                say(f"run {run['id'][:8]} {run['playbook']} on {run['target']}: {run['status']} "
-                    f"(finished {run['finished_at']})")
+                say(
+                    f"run {run['id'][:8]} {run['playbook']} on {run['target']}: {run['status']} "
+                    f"(finished {run['finished_at']})"
+                )
             return
         await asyncio.sleep(0.2)
     say("demo: runs did not finish in time")
@@ -135,5 +142,3 @@ def main(*, keep: bool = False) -> int:
             return asyncio.run(run_demo(Path(workdir), keep=keep))
         except KeyboardInterrupt:
             return 130
-
-

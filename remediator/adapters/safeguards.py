@@ -336,6 +336,8 @@ def snapshot(
             alertname,
             since=now - policy.storm.window,
             cap=safety.storm_count_cap(policy.storm, known=known_targets),
-        ),
+        )
+        if policy.storm is not None
+        else 0,
         known_targets=known_targets,
     )

@@ -618,6 +618,8 @@ class SqliteStateStore:
             snapshot = safeguards.snapshot(
                 conn, run, policy, alertname, now=now, known_targets=known_targets
             )
+            if policy.storm is None:
+                return safety.decide_admission(policy, snapshot, now=now)
             seen = conn.execute(
                 "SELECT 1 FROM sightings WHERE playbook = ? AND alertname = ? AND target = ?"
                 " AND seen_at >= ?",
@@ -1028,7 +1030,7 @@ class SqliteStateStore:
         created: list[str],
     ) -> safety.Decision:
         """The admission decision for one candidate, with the storm bookkeeping it implies."""
-        if str(key.status) == "firing":
+        if str(key.status) == "firing" and policy.storm is not None:
             safeguards.record_sighting(conn, new, alertname, now)
         snapshot = safeguards.snapshot(
             conn, new, policy, alertname, now=now, known_targets=known_targets

@@ -108,6 +108,7 @@ def plan_admission(
                 target=target,
                 dry_run=dry_run or playbook.dry_run,
                 policy=playbook.safety,
+                on_storm=_storm_run(playbook, alert, playbooks, make_run_id, dry_run=dry_run),
             )
         )
     return Admission(
@@ -128,7 +129,7 @@ def _storm_run(
     dry_run: bool,
 ) -> NewRun | None:
     """The declared platform-level playbook's run, prepared in case this alert starts a storm."""
-    name = playbook.safety.storm.playbook
+    name = playbook.safety.storm.playbook if playbook.safety.storm else None
     platform = playbooks.by_name(name) if name else None
     if platform is None or scope.check_labels(alert.labels, platform.labels_used):
         return None

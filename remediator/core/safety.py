@@ -63,7 +63,8 @@ class SafetyPolicy:
     max_concurrent: int | None = None
     """Runs of this playbook executing at once (beside the global cap)."""
     breaker: BreakerPolicy = BreakerPolicy()
-    storm: StormPolicy = StormPolicy()
+    storm: StormPolicy | None = StormPolicy()
+    """None turns storm detection off for the playbook (no sightings are even recorded)."""
     allow_destructive: bool = False
     """Opt-in for destructive actions (delete a PVC or namespace, remove finalizers)."""
     approval: Literal["never", "destructive", "always"] = "destructive"
@@ -102,7 +103,9 @@ class Decision:
 ALLOWED = Decision()
 
 
-def is_storm(policy: StormPolicy, *, targets: int, known: int | None) -> bool:
+def is_storm(policy: StormPolicy | None, *, targets: int, known: int | None) -> bool:
+    if policy is None:
+        return False
     if targets > policy.max_targets:
         return True
     return known is not None and known > 0 and targets * 100.0 / known > policy.max_percent
@@ -121,16 +124,19 @@ def decide_admission(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) ->
     """Whether a new run may be queued. Scope is checked earlier, on the alert itself."""
     if snapshot.paused:
         return Decision(refusal=Refusal.PAUSED)
-    if is_storm(policy.storm, targets=snapshot.storm_targets, known=snapshot.known_targets):
+    storm = policy.storm
+    if storm is not None and is_storm(
+        storm, targets=snapshot.storm_targets, known=snapshot.known_targets
+    ):
         return Decision(
             refusal=Refusal.STORM,
             details={
                 "targets": snapshot.storm_targets,
                 # The store stops counting here: "targets" is "at least" when it equals this.
-                "counted_up_to": storm_count_cap(policy.storm, known=snapshot.known_targets),
+                "counted_up_to": storm_count_cap(storm, known=snapshot.known_targets),
                 "known": snapshot.known_targets,
-                "max_targets": policy.storm.max_targets,
-                "max_percent": policy.storm.max_percent,
+                "max_targets": storm.max_targets,
+                "max_percent": storm.max_percent,
             },
         )
     return _limits(policy, snapshot, now=now)

@@ -86,7 +86,8 @@ _SAFETY: dict[str, Any] = {
             },
         },
         "storm": {
-            "type": "object",
+            "type": ["object", "null"],
+            "description": "Storm detection; null turns it off for this playbook.",
             "additionalProperties": False,
             "properties": {
                 "max_targets": {"type": "integer", "minimum": 1},

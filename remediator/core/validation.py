@@ -279,16 +279,19 @@ def _may_destroy(spec: Any, raw_params: Mapping[str, Any]) -> bool:
 
 def _storm_playbooks(playbooks: list[Playbook]) -> list[Problem]:
     names = {p.name for p in playbooks}
-    return [
-        Problem(
-            source=p.source,
-            line=p.line,
-            path="safety.storm.playbook",
-            message=f"no playbook named {p.safety.storm.playbook!r}",
-        )
-        for p in playbooks
-        if p.safety.storm.playbook is not None and p.safety.storm.playbook not in names
-    ]
+    problems = []
+    for playbook in playbooks:
+        storm = playbook.safety.storm
+        if storm is not None and storm.playbook is not None and storm.playbook not in names:
+            problems.append(
+                Problem(
+                    source=playbook.source,
+                    line=playbook.line,
+                    path="safety.storm.playbook",
+                    message=f"no playbook named {storm.playbook!r}",
+                )
+            )
+    return problems
 
 
 def _duplicates(playbooks: list[Playbook]) -> list[Problem]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import structlog
 
 from remediator.adapters import metrics, state
-from remediator.core import planning
+from remediator.core import planning, safety
 from remediator.core.alerts import Webhook
 from remediator.core.playbooks import PlaybookSet
 from remediator.core.runs import Admission, AdmissionResult
@@ -147,6 +147,11 @@ class Admitter:
             for _, reason in result.refused:
                 self._metrics.runs_not_started.labels(reason=reason).inc()
             if result.cancelled_runs:
-                self._metrics.runs_not_started.labels(reason=planning.NotRun.ALERT_RESOLVED).inc(
-                    len(result.cancelled_runs)
+                # A resolved alert cancels its own queued runs; a firing one only by starting a
+                # storm, which cancels the queued runs of every target.
+                reason = (
+                    planning.NotRun.ALERT_RESOLVED
+                    if admission.cancel_queued_runs
+                    else safety.Refusal.STORM
                 )
+                self._metrics.runs_not_started.labels(reason=reason).inc(len(result.cancelled_runs))

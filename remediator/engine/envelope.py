@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -62,7 +62,8 @@ class Approvals:
 
 
 class Escalator:
-    """One message per opened breaker or started storm, through ``safety.escalation_target``."""
+    """One message per run outcome that opened breakers, and per started storm, through
+    ``safety.escalation_target``."""
 
     def __init__(
         self,
@@ -78,14 +79,22 @@ class Escalator:
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def breaker_opened(self, breaker: Breaker) -> None:
-        scope = f"{breaker.playbook} on {breaker.target}" if breaker.target else breaker.playbook
+    def breakers_opened(self, breakers: Sequence[Breaker]) -> None:
+        """One message for the breakers one run's outcome opened: failures on a single target
+        open its breaker and the playbook's at once, and that is one event to a human."""
+        if not breakers:
+            return
+        playbook = breakers[0].playbook
+        targets = [b.target for b in breakers if b.target]
+        scopes = [f"{playbook} on {t}" for t in targets]
+        if any(b.target is None for b in breakers):
+            scopes.append(f"{playbook} (all targets)")
         self._spawn(
             "breaker_opened",
-            playbook=breaker.playbook,
-            target=breaker.target,
-            text=f"remediator: circuit breaker open for {scope}; no more runs until "
-            "it is reset or times out",
+            playbook=playbook,
+            target=targets[0] if targets else None,
+            text=f"remediator: circuit breaker open for {' and '.join(scopes)}; no more runs "
+            "until it is reset or times out",
         )
 
     def storm_started(self, storm: StormKey) -> None:

@@ -108,22 +108,29 @@ class Scheduler:
     def _dispatch(self) -> None:
         if not self._accepting:
             return
-        if len(self._running) >= self._concurrency:
-            self._update_idle()
-            return
-        # Copied because starting a run removes it; only reached when a slot is free.
-        for run_id, run in list(self._pending.items()):
-            if len(self._running) >= self._concurrency:
+        free = self._concurrency - len(self._running)
+        starting: list[QueuedRun] = []
+        targets: set[str] = set()
+        per_playbook: Counter[str] = Counter()
+        # Scan in order without copying the queue: it can hold thousands of runs, and this runs
+        # every time one finishes. Usually the first few entries fill the free slots.
+        for run in self._pending.values():
+            if len(starting) >= free:
                 break
-            if run.target in self._busy_targets:
+            if run.target in self._busy_targets or run.target in targets:
                 continue
             limit = self._playbook_limit(run.playbook)
-            if limit is not None and self._per_playbook[run.playbook] >= limit:
+            busy = self._per_playbook[run.playbook] + per_playbook[run.playbook]
+            if limit is not None and busy >= limit:
                 continue
-            del self._pending[run_id]
+            starting.append(run)
+            targets.add(run.target)
+            per_playbook[run.playbook] += 1
+        for run in starting:
+            del self._pending[run.run_id]
             self._busy_targets.add(run.target)
             self._per_playbook[run.playbook] += 1
-            task = asyncio.create_task(self._run(run), name=f"run-{run_id}")
+            task = asyncio.create_task(self._run(run), name=f"run-{run.run_id}")
             self._running[task] = run
             task.add_done_callback(self._finished)
         self._update_idle()

@@ -278,6 +278,7 @@ def test_storm_playbook_may_be_defined_in_the_same_set() -> None:
 
     first = loaded.by_name("restart-store")
     assert first is not None
+    assert first.safety.storm is not None
     assert first.safety.storm.playbook == "platform-restart"
 
 

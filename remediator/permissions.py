@@ -1,0 +1,105 @@
+"""The Kubernetes RBAC remediator needs: its actions' permissions plus the daemon's own.
+
+Each action declares the rules it needs (``ActionSpec.permissions``); the daemon itself needs a
+few more, listed here and nowhere else. The Helm chart (``helm-charts/remediator/templates/
+rbac.yaml``) and the kustomize base (``deploy/kustomize/base/rbac.yaml``) grant exactly
+:func:`required_rules` of the built-in registry: ``tests/deploy/test_rbac.py`` fails when they
+grant less or more, and ``python -m tests.deploy.rbac --write`` rewrites both rule blocks.
+
+Nothing here runs in the daemon; it is pure data plus set arithmetic over the action catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from remediator.core.actions import ActionCatalog, Permission
+
+DAEMON_PERMISSIONS: tuple[Permission, ...] = (
+    # Store discovery: each store is a namespace labelled app.kubernetes.io/part-of=store-platform.
+    Permission(api_group="", resource="namespaces", verbs=("list", "watch")),
+    # The store prober reads each store's Ingress to learn the URL it probes.
+    Permission(api_group="networking.k8s.io", resource="ingresses", verbs=("get", "list")),
+)
+"""What the daemon needs for itself, in every namespace (or cluster-wide)."""
+
+OWN_NAMESPACE_PERMISSIONS: tuple[Permission, ...] = (
+    # Leader election: one active daemon per state file, coordinated through a Lease.
+    Permission(
+        api_group="coordination.k8s.io", resource="leases", verbs=("create", "get", "update")
+    ),
+)
+"""What the daemon needs only in the namespace it runs in (granted by a Role, not a ClusterRole)."""
+
+CLUSTER_SCOPED: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("", "namespaces"),
+        ("", "nodes"),
+        ("", "persistentvolumes"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings"),
+        ("storage.k8s.io", "storageclasses"),
+        ("cert-manager.io", "clusterissuers"),
+    }
+)
+"""(API group, resource) pairs that are not namespaced; a subresource follows its resource.
+Resources not listed are treated as namespaced, which only matters for how they are bound."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequiredRules:
+    """The required permissions, split by how the manifests grant them."""
+
+    cluster: tuple[Permission, ...]
+    """Cluster-scoped resources: a ClusterRole bound by a ClusterRoleBinding."""
+    namespaced: tuple[Permission, ...]
+    """Namespaced resources in the stores' namespaces: a ClusterRole, bound cluster-wide (store
+    namespaces come and go) or by RoleBindings in listed namespaces."""
+    own_namespace: tuple[Permission, ...]
+    """The daemon's own namespace: a Role and a RoleBinding."""
+
+
+def normalise(permissions: Iterable[Permission]) -> list[Permission]:
+    """One permission per (API group, resource), verbs merged and sorted, sorted by group."""
+    verbs: dict[tuple[str, str], set[str]] = {}
+    for permission in permissions:
+        verbs.setdefault((permission.api_group, permission.resource), set()).update(
+            permission.verbs
+        )
+    return [
+        Permission(api_group=group, resource=resource, verbs=tuple(sorted(verbs[group, resource])))
+        for group, resource in sorted(verbs)
+    ]
+
+
+def is_cluster_scoped(permission: Permission) -> bool:
+    resource = permission.resource.partition("/")[0]
+    return (permission.api_group, resource) in CLUSTER_SCOPED
+
+
+def action_permissions(catalog: ActionCatalog) -> list[Permission]:
+    """Every permission the catalogue's actions declare, normalised."""
+    found: list[Permission] = []
+    for name in catalog.names():
+        spec = catalog.spec(name)
+        if spec is not None:
+            found.extend(spec.permissions)
+    return normalise(found)
+
+
+def required_rules(catalog: ActionCatalog) -> RequiredRules:
+    """The actions' permissions plus the daemon's own, split by where they are granted."""
+    anywhere = normalise([*action_permissions(catalog), *DAEMON_PERMISSIONS])
+    return RequiredRules(
+        cluster=tuple(p for p in anywhere if is_cluster_scoped(p)),
+        namespaced=tuple(p for p in anywhere if not is_cluster_scoped(p)),
+        own_namespace=tuple(normalise(OWN_NAMESPACE_PERMISSIONS)),
+    )
+
+
+def required_permissions(catalog: ActionCatalog) -> list[Permission]:
+    """Everything remediator needs, wherever granted, normalised into one list."""
+    rules = required_rules(catalog)
+    return normalise([*rules.cluster, *rules.namespaced, *rules.own_namespace])

@@ -1,0 +1,175 @@
+"""The RBAC the manifests grant is exactly what the shipped actions and the daemon need.
+
+Compared both ways, per role, as (API group, resource, verb) triples: a permission an action
+declares but no manifest grants fails, and so does a grant nothing needs. The expectation is
+computed from the live registry, so a new or changed action shows up here at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from remediator import permissions
+from remediator.core.actions import ActionSpec, Permission, StaticCatalog
+from remediator.engine.actions import registry
+from tests.deploy import manifests, rbac
+
+HINT = "run `python -m tests.deploy.rbac --write` and review the diff"
+
+
+def chart_rbac_docs() -> list[manifests.Doc]:
+    return manifests.template_docs("rbac.yaml")
+
+
+SOURCES = {
+    "kustomize": manifests.kustomize_docs,
+    "chart": chart_rbac_docs,
+}
+
+
+def roles(docs: Iterable[manifests.Doc]) -> dict[str, manifests.Doc]:
+    found: dict[str, manifests.Doc] = {}
+    for doc in docs:
+        role = rbac.role_of(doc)
+        if role is not None:
+            assert role not in found, f"two objects hold the {role} rules"
+            found[role] = doc
+    return found
+
+
+def describe(triples: Iterable[rbac.Triple]) -> str:
+    return ", ".join(f"{g or 'core'}/{r}:{v}" for g, r, v in sorted(triples)) or "nothing"
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("role", rbac.ROLES)
+def test_each_role_grants_exactly_what_is_required(source: str, role: str) -> None:
+    granted = rbac.rule_triples(roles(SOURCES[source]()).get(role, {}).get("rules"))
+    required = rbac.triples(rbac.expected()[role])
+    missing, extra = required - granted, granted - required
+    assert not missing, f"{source} {role}: actions need {describe(missing)}; {HINT}"
+    assert not extra, f"{source} {role}: grants {describe(extra)} nothing needs; {HINT}"
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_all_grants_together_equal_required_permissions(source: str) -> None:
+    granted: set[rbac.Triple] = set()
+    for doc in roles(SOURCES[source]()).values():
+        granted |= rbac.rule_triples(doc.get("rules"))
+    required = rbac.triples(permissions.required_permissions(registry.builtin()))
+    assert granted == required, HINT
+
+
+def strings(node: Any) -> Iterable[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_no_wildcards(source: str) -> None:
+    for doc in SOURCES[source]():
+        if doc["kind"] in {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}:
+            assert not [s for s in strings(doc) if "*" in s], doc["metadata"]["name"]
+            for rule in doc.get("rules") or ():
+                assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+
+
+def test_no_wildcards_in_the_chart_template_text() -> None:
+    text = (manifests.TEMPLATES / "rbac.yaml").read_text(encoding="utf-8")
+    assert '"*"' not in text
+    assert "'*'" not in text
+    assert "[*]" not in text
+
+
+def test_kustomize_binds_every_role_to_the_service_account() -> None:
+    docs = manifests.kustomize_docs()
+    bound = set()
+    for doc in docs:
+        if doc["kind"] in {"RoleBinding", "ClusterRoleBinding"}:
+            assert doc["subjects"] == [
+                {"kind": "ServiceAccount", "name": "remediator", "namespace": "remediator"}
+            ]
+            bound.add((doc["roleRef"]["kind"], doc["roleRef"]["name"], doc["kind"]))
+    assert bound == {
+        ("ClusterRole", "remediator-cluster", "ClusterRoleBinding"),
+        ("ClusterRole", "remediator-actions", "ClusterRoleBinding"),
+        ("Role", "remediator", "RoleBinding"),
+    }
+    role = manifests.find(docs, "Role")
+    assert role["metadata"]["namespace"] == "remediator"
+
+
+def test_chart_binds_the_actions_role_per_namespace_or_cluster_wide() -> None:
+    bindings = [
+        (d["kind"], d["roleRef"]["name"])
+        for d in chart_rbac_docs()
+        if d["kind"] in {"RoleBinding", "ClusterRoleBinding"}
+    ]
+    # The skeleton takes both branches of `if .Values.rbac.actionNamespaces`.
+    assert ("RoleBinding", "TEMPLATED-actions") in bindings
+    assert ("ClusterRoleBinding", "TEMPLATED-actions") in bindings
+    assert ("ClusterRoleBinding", "TEMPLATED-cluster") in bindings
+    assert ("RoleBinding", "TEMPLATED") in bindings
+
+
+def test_leader_election_writes_only_in_the_own_namespace() -> None:
+    rules = permissions.required_rules(registry.builtin())
+    cluster_wide = rbac.triples([*rules.cluster, *rules.namespaced])
+    for verb in ("create", "update"):
+        assert ("coordination.k8s.io", "leases", verb) not in cluster_wide
+        assert ("coordination.k8s.io", "leases", verb) in rbac.triples(rules.own_namespace)
+
+
+def test_daemon_permissions_are_included() -> None:
+    required = rbac.triples(permissions.required_permissions(registry.builtin()))
+    assert rbac.triples(permissions.DAEMON_PERMISSIONS) <= required
+    assert rbac.triples(permissions.OWN_NAMESPACE_PERMISSIONS) <= required
+    assert ("", "namespaces", "watch") in required
+
+
+def test_normalise_merges_verbs_per_resource() -> None:
+    merged = permissions.normalise(
+        [
+            Permission(api_group="apps", resource="deployments", verbs=("patch", "get")),
+            Permission(api_group="", resource="pods", verbs=("list",)),
+            Permission(api_group="apps", resource="deployments", verbs=("get", "list")),
+        ]
+    )
+    assert merged == [
+        Permission(api_group="", resource="pods", verbs=("list",)),
+        Permission(api_group="apps", resource="deployments", verbs=("get", "list", "patch")),
+    ]
+
+
+def test_subresources_follow_their_resource_scope() -> None:
+    finalize = Permission(api_group="", resource="namespaces/finalize", verbs=("update",))
+    scale = Permission(api_group="apps", resource="deployments/scale", verbs=("patch",))
+    assert permissions.is_cluster_scoped(finalize)
+    assert not permissions.is_cluster_scoped(scale)
+
+
+def test_a_new_action_permission_is_noticed() -> None:
+    """What the comparison above relies on: the expectation follows the catalogue."""
+
+    class NoParams:
+        pass
+
+    wanted = Permission(api_group="apps", resource="replicasets", verbs=("delete",))
+    actions = registry.builtin()
+    specs = {name: spec for name in actions.names() if (spec := actions.spec(name)) is not None}
+    specs["k8s.test_only"] = ActionSpec(
+        name="k8s.test_only", params=NoParams, mutating=True, permissions=(wanted,)
+    )
+    required = rbac.triples(permissions.required_permissions(StaticCatalog(specs)))
+    granted = rbac.rule_triples(roles(manifests.kustomize_docs())["namespaced"]["rules"])
+    assert required - granted >= {("apps", "replicasets", "delete")}

@@ -117,6 +117,7 @@ class Daemon:
         library = reloading.PlaybookLibrary(playbooks)
         metric_set = metrics.Metrics(CollectorRegistry())
         metric_set.playbooks_loaded.set(len(playbooks.playbooks))
+        metric_set.know_playbooks(p.name for p in playbooks.playbooks)
         store = state.SqliteStateStore(settings.state.path, on_append=auditing.log_record)
         await store.open()
         try:

@@ -6,8 +6,12 @@ never fingerprints, targets or store ids (those belong in the audit log).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+WEBHOOK_CODES = ("200", "400", "401", "413", "415", "503")
+RUN_OUTCOMES = ("succeeded", "failed", "unverified", "interrupted", "rejected")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -123,6 +127,18 @@ class Metrics:
             "Runs waiting for an operator's decision.",
             registry=registry,
         )
+
+        # Series exist from the start at 0, so increase() and rate() see their first increment.
+        for code in WEBHOOK_CODES:
+            self.webhook_requests.labels(code=code)
+        for status in ("firing", "resolved"):
+            self.alerts_received.labels(status=status)
+
+    def know_playbooks(self, names: Iterable[str]) -> None:
+        """Create each playbook's run series at 0 (after every load and reload)."""
+        for name in names:
+            for outcome in RUN_OUTCOMES:
+                self.runs.labels(playbook=name, outcome=outcome)
 
     def step_finished(self, *, playbook: str, action: str, outcome: str, duration: float) -> None:
         self.steps.labels(playbook=playbook, action=action, outcome=outcome).inc()

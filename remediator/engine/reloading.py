@@ -88,6 +88,7 @@ class Reloader:
                 return True
             self._library.replace(playbooks)
             self._metrics.playbooks_loaded.set(len(playbooks.playbooks))
+            self._metrics.know_playbooks(p.name for p in playbooks.playbooks)
             await self._store.append_audit(
                 [loaded_event(playbooks, trigger=trigger)], now=self._clock()
             )

@@ -711,12 +711,7 @@ class SqliteStateStore:
             status=flt.outcome,
             alertname=flt.alertname,
         )
-        if flt.since is not None:
-            clauses.append("r.created_at >= ?")
-            params.append(flt.since)
-        if flt.until is not None:
-            clauses.append("r.created_at < ?")
-            params.append(flt.until)
+        _window(clauses, params, "r.created_at", flt)
         if cursor is not None:
             created_at, row_id = _decode_run_cursor(cursor)
             # Keyset, not OFFSET: pages stay stable while new runs arrive at the head.
@@ -760,12 +755,7 @@ class SqliteStateStore:
             alertname=flt.alertname,
             kind=flt.kind,
         )
-        if flt.since is not None:
-            clauses.append("time >= ?")
-            params.append(flt.since)
-        if flt.until is not None:
-            clauses.append("time < ?")
-            params.append(flt.until)
+        _window(clauses, params, "time", flt)
         if cursor is not None:
             clauses.append("seq > ?")
             params.append(_decode_seq_cursor(cursor))
@@ -1415,6 +1405,16 @@ def _equalities(prefix: str, **columns: str | None) -> tuple[list[str], list[obj
             clauses.append(f"{prefix}{name} = ?")
             params.append(value)
     return clauses, params
+
+
+def _window(clauses: list[str], params: list[object], column: str, flt: runs.RunFilter) -> None:
+    """``since`` inclusive, ``until`` exclusive, on ``column`` (a constant)."""
+    if flt.since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(flt.until)
 
 
 def _check_limit(limit: int) -> None:

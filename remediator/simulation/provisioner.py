@@ -35,6 +35,7 @@ import structlog
 from aiohttp import web
 
 from remediator.core import scope
+from remediator.simulation import serving
 
 log = structlog.get_logger(__name__)
 
@@ -234,22 +235,8 @@ async def serve(
     twin: ProvisionerTwin, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve ``twin`` over HTTP; yields the base URL once the socket is listening."""
-    runner = web.AppRunner(
-        make_app(twin),
-        access_log=None,
-        # A client that gives up on a delayed request should not keep its handler sleeping.
-        handler_cancellation=True,
-        shutdown_timeout=1.0,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_port = runner.addresses[0][1]
-        shown = f"[{host}]" if ":" in host else host
-        yield f"http://{shown}:{bound_port}"
-    finally:
-        await runner.cleanup()
+    async with serving.serve_app(make_app(twin), host=host, port=port, shutdown_timeout=1.0) as url:
+        yield url
 
 
 @web.middleware

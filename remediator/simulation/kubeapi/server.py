@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from remediator.simulation import serving
 from remediator.simulation.kubeapi import (
     discovery,
     emulation,
@@ -117,22 +118,9 @@ async def serve(
     settings: ServerSettings | None = None,
 ) -> AsyncIterator[str]:
     """Serve ``emulator`` over real HTTP; yields the base URL once the socket is listening."""
-    runner = web.AppRunner(
-        make_app(emulator, settings=settings),
-        access_log=None,
-        # Watches are long requests: cancel them when their client goes away.
-        handler_cancellation=True,
-        shutdown_timeout=5.0,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_port = runner.addresses[0][1]
-        shown = f"[{host}]" if ":" in host else host
-        yield f"http://{shown}:{bound_port}"
-    finally:
-        await runner.cleanup()
+    app = make_app(emulator, settings=settings)
+    async with serving.serve_app(app, host=host, port=port, shutdown_timeout=5.0) as url:
+        yield url
 
 
 async def _close_watches(app: web.Application) -> None:

@@ -13,10 +13,11 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -87,6 +88,111 @@ def resolve_tokens(settings: Settings) -> Tokens:
     if auth.insecure_no_auth:
         return Tokens(webhook=None, api=None)
     return Tokens(webhook=webhook, api=api)
+
+
+ExecuteRun = Callable[[str], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Engine:
+    """The daemon's parts between HTTP and the store, wired together; see :func:`build_engine`."""
+
+    approvals: envelope.Approvals
+    escalator: envelope.Escalator
+    executor: executing.Executor
+    scheduler: scheduling.Scheduler
+    admitter: admitting.Admitter
+    reloader: reloading.Reloader
+    services: Services
+
+
+def build_engine(
+    *,
+    settings: Settings,
+    actions: registry.ActionRegistry,
+    library: reloading.PlaybookLibrary,
+    metrics: metrics.Metrics,
+    store: state.StateStore,
+    resources: registry.Resources,
+    tokens: Tokens,
+    ready: Callable[[], bool],
+    clock: Callable[[], float] = time.time,
+    jitter: Callable[[], float] = random.random,
+    wrap_execute: Callable[[ExecuteRun], ExecuteRun] = lambda execute: execute,
+) -> Engine:
+    """The one place the engine is assembled: the daemon and the test rigs both use it.
+
+    ``wrap_execute`` lets a test hold runs between the scheduler and the executor.
+    """
+    metric_set = metrics
+    approvals = envelope.Approvals()
+    escalator = envelope.Escalator(
+        resources=resources, store=store, metrics=metric_set, clock=clock
+    )
+    executor = executing.Executor(
+        registry=actions,
+        store=store,
+        resources=resources,
+        metrics=metric_set,
+        playbooks=library,
+        clock=clock,
+        jitter=jitter,
+        approvals=approvals,
+        escalator=escalator,
+    )
+
+    def playbook_limit(name: str) -> int | None:
+        playbook = library().by_name(name)
+        return playbook.safety.max_concurrent if playbook is not None else None
+
+    scheduler = scheduling.Scheduler(
+        capacity=settings.engine.queue_size,
+        concurrency=settings.engine.concurrency,
+        execute=wrap_execute(executor.execute),
+        playbook_limit=playbook_limit,
+    )
+    metric_set.queue_depth.set_function(lambda: scheduler.depth)
+    metric_set.runs_active.set_function(lambda: scheduler.active)
+    admitter = admitting.Admitter(
+        store=store,
+        scheduler=scheduler,
+        metrics=metric_set,
+        playbooks=library,
+        only_highest=settings.playbooks.match == "first",
+        dry_run=settings.engine.dry_run,
+        clock=clock,
+        known_targets=lambda: settings.safety.known_targets,
+        escalator=escalator,
+    )
+    reloader = reloading.Reloader(
+        library=library,
+        paths=[settings.playbooks.directory],
+        catalog=actions,
+        store=store,
+        metrics=metric_set,
+        clock=clock,
+        defaults=settings.safety.defaults,
+    )
+    services = Services(
+        settings=settings,
+        admitter=admitter,
+        store=store,
+        metrics=metric_set,
+        webhook_token=tokens.webhook,
+        api_token=tokens.api,
+        ready=ready,
+        approvals=approvals,
+        refresh_safety=lambda: envelope.refresh_gauges(store, metric_set, approvals, now=clock()),
+    )
+    return Engine(
+        approvals=approvals,
+        escalator=escalator,
+        executor=executor,
+        scheduler=scheduler,
+        admitter=admitter,
+        reloader=reloader,
+        services=services,
+    )
 
 
 @dataclass(kw_only=True)
@@ -170,48 +276,18 @@ class Daemon:
                 *((provisioner_token,) if provisioner_token else ()),
             ),
         )
-        approvals = envelope.Approvals()
-        escalator = envelope.Escalator(resources=resources, store=store, metrics=metric_set)
-        executor = executing.Executor(
-            registry=actions,
+        engine = build_engine(
+            settings=settings,
+            actions=actions,
+            library=library,
+            metrics=metric_set,
             store=store,
             resources=resources,
-            metrics=metric_set,
-            playbooks=library,
-            approvals=approvals,
-            escalator=escalator,
+            tokens=tokens,
+            ready=lambda: not self.stopping.is_set(),
         )
-
-        def playbook_limit(name: str) -> int | None:
-            playbook = library().by_name(name)
-            return playbook.safety.max_concurrent if playbook is not None else None
-
-        scheduler = scheduling.Scheduler(
-            capacity=settings.engine.queue_size,
-            concurrency=settings.engine.concurrency,
-            execute=executor.execute,
-            playbook_limit=playbook_limit,
-        )
-        metric_set.queue_depth.set_function(lambda: scheduler.depth)
-        metric_set.runs_active.set_function(lambda: scheduler.active)
-        admitter = admitting.Admitter(
-            store=store,
-            scheduler=scheduler,
-            metrics=metric_set,
-            playbooks=library,
-            only_highest=settings.playbooks.match == "first",
-            dry_run=settings.engine.dry_run,
-            known_targets=lambda: settings.safety.known_targets,
-            escalator=escalator,
-        )
-        reloader = reloading.Reloader(
-            library=library,
-            paths=[settings.playbooks.directory],
-            catalog=actions,
-            store=store,
-            metrics=metric_set,
-            defaults=settings.safety.defaults,
-        )
+        scheduler, services = engine.scheduler, engine.services
+        approvals, escalator, reloader = engine.approvals, engine.escalator, engine.reloader
 
         now = time.time()
         interrupted = await store.interrupt_unfinished(now=now, reason="daemon restarted")
@@ -237,19 +313,6 @@ class Daemon:
             now=now,
         )
 
-        services = Services(
-            settings=settings,
-            admitter=admitter,
-            store=store,
-            metrics=metric_set,
-            webhook_token=tokens.webhook,
-            api_token=tokens.api,
-            ready=lambda: not self.stopping.is_set(),
-            approvals=approvals,
-            refresh_safety=lambda: envelope.refresh_gauges(
-                store, metric_set, approvals, now=time.time()
-            ),
-        )
         await services.refresh_safety()
         runner = web.AppRunner(
             intake.make_app(services),

@@ -26,6 +26,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from remediator import running
 from remediator.adapters import auditing, loading, metrics, state
 from remediator.config import (
     EngineSettings,
@@ -38,10 +39,9 @@ from remediator.config import (
 )
 from remediator.core import runs
 from remediator.core.actions import ActionSpec
-from remediator.engine import admitting, envelope, executing, reloading, scheduling
+from remediator.engine import reloading
 from remediator.engine.actions.registry import ActionContext, ActionRegistry, Output, Resources
 from remediator.web import intake
-from remediator.web.services import Services
 from tests import daemon_fixtures
 from tests.engine.conftest import EchoParams, KeyParams, Recorder, make_registry
 
@@ -280,55 +280,23 @@ class Rig:
             )
         )
         resources = Resources(settings=settings, http=session)
-        self.approvals = envelope.Approvals()
-        self.escalator = envelope.Escalator(
-            resources=resources, store=store, metrics=self.metrics, clock=clock
-        )
-        self.executor = executing.Executor(
-            registry=self.actions,
+        engine = running.build_engine(
+            settings=settings,
+            actions=self.actions,
+            library=library,
+            metrics=self.metrics,
             store=store,
             resources=resources,
-            metrics=self.metrics,
-            playbooks=library,
+            tokens=running.Tokens(webhook=WEBHOOK_TOKEN, api=API_TOKEN),
+            ready=lambda: True,
             clock=clock,
             jitter=lambda: 0.0,
-            approvals=self.approvals,
-            escalator=self.escalator,
         )
-
-        def playbook_limit(name: str) -> int | None:
-            playbook = library().by_name(name)
-            return playbook.safety.max_concurrent if playbook is not None else None
-
-        self.scheduler = scheduling.Scheduler(
-            capacity=settings.engine.queue_size,
-            concurrency=settings.engine.concurrency,
-            execute=self.executor.execute,
-            playbook_limit=playbook_limit,
-        )
-        self.services = Services(
-            settings=settings,
-            admitter=admitting.Admitter(
-                store=store,
-                scheduler=self.scheduler,
-                metrics=self.metrics,
-                playbooks=library,
-                only_highest=settings.playbooks.match == "first",
-                dry_run=settings.engine.dry_run,
-                clock=clock,
-                known_targets=lambda: settings.safety.known_targets,
-                escalator=self.escalator,
-            ),
-            store=store,
-            metrics=self.metrics,
-            webhook_token=WEBHOOK_TOKEN,
-            api_token=API_TOKEN,
-            ready=lambda: True,
-            approvals=self.approvals,
-            refresh_safety=lambda: envelope.refresh_gauges(
-                store, self.metrics, self.approvals, now=clock()
-            ),
-        )
+        self.approvals = engine.approvals
+        self.escalator = engine.escalator
+        self.executor = engine.executor
+        self.scheduler = engine.scheduler
+        self.services = engine.services
 
     def app(self) -> web.Application:
         return intake.make_app(self.services)

@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
+from remediator import running
 from remediator.adapters import auditing, loading, metrics, state
 from remediator.config import (
     AuthSettings,
@@ -34,10 +35,9 @@ from remediator.config import (
     Settings,
     StateSettings,
 )
-from remediator.engine import admitting, envelope, executing, reloading, scheduling
+from remediator.engine import reloading
 from remediator.engine.actions import registry
 from remediator.web import intake
-from remediator.web.services import Services
 from tests.daemon_fixtures import UNLIMITED_SAFETY
 
 WEBHOOK_TOKEN = "wh-7c1e0b9d-secret"
@@ -152,49 +152,30 @@ class Engine:
         library = reloading.PlaybookLibrary(
             loading.load_playbooks([settings.playbooks.directory], actions)
         )
-        self.approvals = envelope.Approvals()
-        self.executor = executing.Executor(
-            approvals=self.approvals,
-            registry=actions,
+        engine = running.build_engine(
+            settings=settings,
+            actions=actions,
+            library=library,
+            metrics=self.metrics,
             store=store,
             resources=registry.Resources(settings=settings, http=session),
-            metrics=self.metrics,
-            playbooks=library,
-            clock=clock,
-        )
-        self.scheduler = scheduling.Scheduler(
-            capacity=settings.engine.queue_size,
-            concurrency=settings.engine.concurrency,
-            execute=self._execute,
-        )
-        self.metrics.queue_depth.set_function(lambda: self.scheduler.depth)
-        self.metrics.runs_active.set_function(lambda: self.scheduler.active)
-        self.services = Services(
-            settings=settings,
-            admitter=admitting.Admitter(
-                store=store,
-                scheduler=self.scheduler,
-                metrics=self.metrics,
-                playbooks=library,
-                only_highest=True,
-                dry_run=False,
-                clock=clock,
-            ),
-            store=store,
-            metrics=self.metrics,
-            webhook_token=webhook_token,
-            api_token=api_token,
+            tokens=running.Tokens(webhook=webhook_token, api=api_token),
             ready=lambda: self.ready,
-            approvals=self.approvals,
-            refresh_safety=lambda: envelope.refresh_gauges(
-                store, self.metrics, self.approvals, now=clock()
-            ),
+            clock=clock,
+            wrap_execute=self._gated,
         )
+        self.approvals = engine.approvals
+        self.executor = engine.executor
+        self.scheduler = engine.scheduler
+        self.services = engine.services
 
-    async def _execute(self, run_id: str) -> object:
-        self.entered.put_nowait(run_id)
-        await self.gate.wait()
-        return await self.executor.execute(run_id)
+    def _gated(self, execute: running.ExecuteRun) -> running.ExecuteRun:
+        async def gated(run_id: str) -> object:
+            self.entered.put_nowait(run_id)
+            await self.gate.wait()
+            return await execute(run_id)
+
+        return gated
 
     async def next_dispatched(self) -> str:
         async with asyncio.timeout(DEADLINE):

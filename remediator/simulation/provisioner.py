@@ -2,6 +2,7 @@
 
 It keeps stores in memory and speaks the API the runbook uses::
 
+    GET    /healthz                          {"status": "ok"} (what remediator's health probe reads)
     GET    /api/v1/stores                    {"items": [store, ...]}
     POST   /api/v1/stores                    {"id": "s1"} -> 201, status "provisioning"
     GET    /api/v1/stores/<id>               store, or 404
@@ -221,6 +222,7 @@ def make_app(twin: ProvisionerTwin) -> web.Application:
     app = web.Application(middlewares=[_front])
     app[TWIN] = twin
     router = app.router
+    router.add_get("/healthz", _healthz)
     router.add_get("/api/v1/stores", _list)
     router.add_post("/api/v1/stores", _create)
     router.add_get("/api/v1/stores/{id}", _get)
@@ -289,6 +291,10 @@ async def _body(request: web.Request) -> Any:
     if isinstance(body, str):
         raise TwinError(400, "invalid_request", "body must be JSON")
     return body
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
 
 
 async def _list(request: web.Request) -> web.Response:

@@ -41,8 +41,15 @@ _PAIR = re.compile(
 _URL_USERINFO = re.compile(r"(://[^/\s:@]+:)([^/\s@]+)(@)")
 
 
+# Keys that name or count secrets rather than hold one: `secret_name`, `tls_secrets`,
+# `secrets_missing`. Masking them hid which Secret a diagnosis was about.
+_REFERENCE_KEY = re.compile(r"secrets|(^|_)(name|names|ref|missing)$|^missing_")
+
+
 def is_secret_key(key: str) -> bool:
-    folded = key.lower().replace("-", "_")
+    folded = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower().replace("-", "_")
+    if _REFERENCE_KEY.search(folded):
+        return False
     return any(part in folded for part in _SECRET_KEY_PARTS)
 
 
@@ -79,7 +86,9 @@ def _redact(value: Any, pattern: re.Pattern[str] | None) -> Any:
         return pattern.sub(MASK, value) if pattern is not None else value
     if isinstance(value, Mapping):
         return {
-            key: MASK if isinstance(key, str) and is_secret_key(key) else _redact(item, pattern)
+            key: MASK
+            if isinstance(key, str) and is_secret_key(key) and _holds_value(item)
+            else _redact(item, pattern)
             for key, item in value.items()
         }
     if isinstance(value, list):
@@ -87,6 +96,12 @@ def _redact(value: Any, pattern: re.Pattern[str] | None) -> Any:
     if isinstance(value, tuple):
         return tuple(_redact(item, pattern) for item in value)
     return value
+
+
+def _holds_value(item: Any) -> bool:
+    """A flag under a secret-sounding key (``token_valid: true``) reveals nothing; a number
+    may be a PIN, so it is masked."""
+    return not isinstance(item, bool) and item is not None
 
 
 def _secrets_pattern(secrets: Collection[str]) -> re.Pattern[str] | None:

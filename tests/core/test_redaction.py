@@ -153,3 +153,21 @@ def test_truncate_default_limit() -> None:
 def test_truncate_rejects_a_useless_limit() -> None:
     with pytest.raises(ValueError, match="limit must be positive"):
         redaction.truncate("text", 0)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["secret_name", "secretName", "tls_secrets", "secrets_missing", "missing_secrets"],
+    ids=str,
+)
+def test_keys_that_name_secrets_are_not_masked(key: str) -> None:
+    # A diagnosis saying which Secret is missing must stay readable in the audit log.
+    assert redaction.redact({key: "store-s1-db-credentials"}) == {key: "store-s1-db-credentials"}
+
+
+def test_a_flag_under_a_secret_sounding_key_stays_but_a_number_is_masked() -> None:
+    assert redaction.redact({"token_valid": True, "password": None, "pin_token": 1234}) == {
+        "token_valid": True,
+        "password": None,
+        "pin_token": "***",
+    }

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from remediator.core import durations, safety, scope
+from remediator.core import durations, safety, scope, stores
 from remediator.core.errors import ConfigError, Problem
 
 
@@ -112,6 +112,70 @@ class ProvisionerSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeSettings:
+    enabled: bool = True
+    """Probe each discovered store's URL and export ``store_up``."""
+    url_template: str | None = None
+    """The store's base URL, e.g. ``http://{store_id}.127.0.0.1.nip.io`` (placeholders
+    ``{store_id}``, ``{namespace}``). Unset: the host of the store's Ingress, ``https`` when its
+    TLS section names the host; a store without an Ingress host is not probed."""
+    path: str = "/wp-includes/images/blank.gif"
+    """Requested on every probe: a static file WordPress serves without PHP or the database."""
+    timeout: float = 5.0
+    """Seconds for one probe, connection included."""
+    interval: float = 30.0
+    """Seconds from the start of one probe round to the start of the next."""
+    jitter: float = 0.5
+    """Fraction (0-1) of ``interval`` over which a round's probes start, each at a random
+    offset, so thousands of stores are not probed in one burst."""
+    concurrency: int = 50
+    """Probes in flight at once."""
+    connect_to: str | None = None
+    """``HOST:PORT`` every probe connects to instead of resolving the store's host, which still
+    goes in the Host header and TLS SNI (curl's ``--connect-to``); for local platforms whose
+    store hosts do not resolve. Unset: real DNS."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoresSettings:
+    enabled: bool = True
+    """Discover stores and export their metrics; needs the Kubernetes client."""
+    selector: str = "app.kubernetes.io/part-of=store-platform"
+    """Label selector of the stores' Namespaces."""
+    id_label: str | None = None
+    """Namespace label holding the store id. Unset: the name after ``namespace_prefix``."""
+    namespace_prefix: str = "store-"
+    exclude: tuple[str, ...] = ("store-platform",)
+    """Namespaces that are never stores, even when selected."""
+    app_deployment: str = "{store_id}-app"
+    """Name of the store's app Deployment (placeholders ``{store_id}``, ``{namespace}``)."""
+    db_statefulset: str = "{store_id}-db"
+    """Name of the store's database StatefulSet."""
+    helm_release: str = "store-{store_id}"
+    """Name of the store's Helm release (its status is read off Helm's Secret labels)."""
+    watch_timeout: float = 300.0
+    """Seconds one watch request lasts (``timeoutSeconds``) before it is renewed."""
+    refresh_interval: float = 10.0
+    """Seconds between re-evaluations of every store's phase and the phase-duration gauges."""
+    stuck_after: float = 600.0
+    """A store provisioning longer than this counts in ``stores_provisioning_stuck``."""
+    failure_grace: float = 300.0
+    """How long an image-pull error, a crash loop or a Pending PVC may last before a
+    provisioning store is ``failed``."""
+    provisioning_timeout: float = 1800.0
+    """A store provisioning longer than this is ``failed`` with reason ``timeout``."""
+    check_interval: float = 30.0
+    """Seconds between checks of the pods, PVCs and Helm release of stores that are
+    provisioning or failed (never of running ones)."""
+    check_concurrency: int = 4
+    """Stores checked at once; each check is three list requests in the store's namespace."""
+    provisioner_interval: float = 30.0
+    """Seconds between reads of the provisioner API (``/healthz`` and the store list), when
+    ``provisioner.url`` is set."""
+    probe: ProbeSettings = ProbeSettings()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NotifyTarget:
     url: str
     """Slack-compatible incoming webhook URL."""
@@ -157,6 +221,7 @@ class Settings:
     http: HttpSettings = HttpSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     provisioner: ProvisionerSettings = ProvisionerSettings()
+    stores: StoresSettings = StoresSettings()
     notify: NotifySettings = NotifySettings()
     safety: SafetySettings = SafetySettings()
     logging: LoggingSettings = LoggingSettings()
@@ -181,9 +246,61 @@ def load(path: str | Path | None) -> Settings:
 def from_mapping(raw: object, *, source: str = "<config>") -> Settings:
     problems: list[Problem] = []
     settings = _convert(Settings, raw, path="", source=source, problems=problems)
+    if not problems:
+        problems.extend(
+            Problem(source=source, path=path, message=message)
+            for path, message in _store_problems(typing.cast(Settings, settings).stores)
+        )
     if problems:
         raise ConfigError(problems)
     return typing.cast(Settings, settings)
+
+
+def _store_problems(settings: StoresSettings) -> list[tuple[str, str]]:
+    """Checks the types alone cannot make: templates, ``HOST:PORT``, ranges."""
+    found: list[tuple[str, str]] = []
+    probe = settings.probe
+    templates = {
+        "stores.app_deployment": settings.app_deployment,
+        "stores.db_statefulset": settings.db_statefulset,
+        "stores.helm_release": settings.helm_release,
+    }
+    for path, template in templates.items():
+        if (problem := stores.template_problem(template)) is not None:
+            found.append((path, problem))
+    if probe.url_template is not None:
+        problem = stores.template_problem(probe.url_template, url=True)
+        if problem is not None:
+            found.append(("stores.probe.url_template", problem))
+    if probe.connect_to is not None and parse_host_port(probe.connect_to) is None:
+        found.append(("stores.probe.connect_to", "must be HOST:PORT, e.g. 127.0.0.1:8080"))
+    if not probe.path.startswith("/"):
+        found.append(("stores.probe.path", "must start with /"))
+    if probe.jitter > 1:
+        found.append(("stores.probe.jitter", "must be a fraction between 0 and 1"))
+    positive = {
+        "stores.probe.timeout": probe.timeout,
+        "stores.probe.interval": probe.interval,
+        "stores.probe.concurrency": probe.concurrency,
+        "stores.check_concurrency": settings.check_concurrency,
+        "stores.refresh_interval": settings.refresh_interval,
+        "stores.check_interval": settings.check_interval,
+        "stores.provisioner_interval": settings.provisioner_interval,
+    }
+    found.extend((path, "must be positive") for path, value in positive.items() if value <= 0)
+    if settings.watch_timeout < 1:
+        found.append(("stores.watch_timeout", "must be at least 1s"))
+    return found
+
+
+def parse_host_port(value: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` split, or None when it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host, int(port)) if host and "/" not in host else None
 
 
 def override(settings: Settings, **changes: Any) -> Settings:

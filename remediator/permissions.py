@@ -17,10 +17,22 @@ from dataclasses import dataclass
 from remediator.core.actions import ActionCatalog, Permission
 
 DAEMON_PERMISSIONS: tuple[Permission, ...] = (
-    # Store discovery: each store is a namespace labelled app.kubernetes.io/part-of=store-platform.
+    # Store discovery (remediator.engine.watching): each store is a namespace labelled
+    # app.kubernetes.io/part-of=store-platform; list, then watch from the list's resourceVersion.
     Permission(api_group="", resource="namespaces", verbs=("list", "watch")),
-    # The store prober reads each store's Ingress to learn the URL it probes.
-    Permission(api_group="networking.k8s.io", resource="ingresses", verbs=("get", "list")),
+    # The store prober reads each store's Ingress to learn the URL it probes (a cluster-wide
+    # watch, unless stores.probe.url_template is set).
+    Permission(api_group="networking.k8s.io", resource="ingresses", verbs=("get", "list", "watch")),
+    # Each store's app Deployment and DB StatefulSet: their readiness decides the store's phase
+    # and store_component_ready (one cluster-wide watch each, not one per store).
+    Permission(api_group="apps", resource="deployments", verbs=("list", "watch")),
+    Permission(api_group="apps", resource="statefulsets", verbs=("list", "watch")),
+    # Why a store that is not running yet fails (image pull, crash loop, Pending PVC, failed
+    # Helm release): listed periodically, and only in the namespaces of stores provisioning or
+    # failed. Helm's release records are Secrets, selected by owner=helm,name=<release>.
+    Permission(api_group="", resource="pods", verbs=("list",)),
+    Permission(api_group="", resource="persistentvolumeclaims", verbs=("list",)),
+    Permission(api_group="", resource="secrets", verbs=("list",)),
 )
 """What the daemon needs for itself, in every namespace (or cluster-wide)."""
 

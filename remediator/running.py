@@ -30,7 +30,14 @@ from remediator.adapters import auditing, kubernetes, loading, metrics, promethe
 from remediator.config import LoggingSettings, Settings, read_token
 from remediator.core.errors import ConfigError, Problem
 from remediator.core.runs import AuditEvent, AuditKind
-from remediator.engine import admitting, envelope, executing, reloading, scheduling
+from remediator.engine import (
+    admitting,
+    envelope,
+    executing,
+    monitoring,
+    reloading,
+    scheduling,
+)
 from remediator.engine.actions import registry
 from remediator.web import intake
 from remediator.web.services import Services
@@ -119,6 +126,7 @@ def build_engine(
     clock: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
     wrap_execute: Callable[[ExecuteRun], ExecuteRun] = lambda execute: execute,
+    known_targets: Callable[[], int | None] | None = None,
 ) -> Engine:
     """The one place the engine is assembled: the daemon and the test rigs both use it.
 
@@ -161,7 +169,7 @@ def build_engine(
         only_highest=settings.playbooks.match == "first",
         dry_run=settings.engine.dry_run,
         clock=clock,
-        known_targets=lambda: settings.safety.known_targets,
+        known_targets=known_targets or (lambda: settings.safety.known_targets),
         escalator=escalator,
     )
     reloader = reloading.Reloader(
@@ -276,7 +284,16 @@ class Daemon:
                 *((provisioner_token,) if provisioner_token else ()),
             ),
         )
+        monitor = _store_monitor(settings, kube, session, metric_set, provisioner_token)
+
+        def known_targets() -> int | None:
+            # Configured, else what discovery has seen; None until it has (no percentage yet).
+            if settings.safety.known_targets is not None or monitor is None:
+                return settings.safety.known_targets
+            return len(monitor.directory) or None
+
         engine = build_engine(
+            known_targets=known_targets,
             settings=settings,
             actions=actions,
             library=library,
@@ -336,6 +353,8 @@ class Daemon:
                 name="safety-gauges",
             ),
         ]
+        if monitor is not None:
+            background.append(asyncio.create_task(monitor.run(), name="store-monitor"))
         loop = asyncio.get_running_loop()
         with _signals(loop, self.stopping, reloader):
             log.info(
@@ -365,6 +384,28 @@ class Daemon:
             now=time.time(),
         )
         return 0
+
+
+def _store_monitor(
+    settings: Settings,
+    kube: kubernetes.KubeClient | None,
+    session: aiohttp.ClientSession,
+    metric_set: metrics.Metrics,
+    provisioner_token: str | None,
+) -> monitoring.StoreMonitor | None:
+    """Store discovery and probes (with a cluster), the provisioner's health (with its URL)."""
+    discovering = settings.stores.enabled and kube is not None
+    if not discovering and settings.provisioner.url is None:
+        return None
+    return monitoring.StoreMonitor(
+        settings=settings,
+        kube=kube,
+        http=session,
+        store_metrics=metrics.StoreMetrics(
+            metric_set.registry, provisioner=settings.provisioner.url is not None
+        ),
+        provisioner_token=provisioner_token,
+    )
 
 
 def _notify_tokens(settings: Settings) -> tuple[str, ...]:

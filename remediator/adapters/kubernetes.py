@@ -17,7 +17,7 @@ import dataclasses
 import enum
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,6 +43,8 @@ MAX_ERROR = 256
 PAGE_SIZE = 500
 MAX_PAGES = 20
 """Lists stop after this many pages: remediation never needs 10 000 objects of one kind."""
+MAX_WATCH_LINE = 16 * 1024 * 1024
+"""Bytes of one watch event; the API server refuses objects above ~1.5 MiB anyway."""
 _JSON_RESPONSES = {200: "object", 201: "object", 202: "object"}
 _AUTH = ["BearerToken"]
 IN_CLUSTER = "in-cluster"
@@ -159,6 +161,13 @@ class KubeForbiddenError(KubeError):
     """401/403: bad credentials or missing RBAC."""
 
 
+class KubeGoneError(KubeError):
+    """410: the resourceVersion (or continue token) is older than what the server keeps.
+
+    A watcher cannot resume: it must list again and watch from the new list's resourceVersion.
+    """
+
+
 class KubeInvalidError(KubeError):
     """400/422: the request itself is wrong; sending it again cannot help."""
 
@@ -172,6 +181,8 @@ def _error_class(status: int) -> type[KubeError]:
         return KubeNotFoundError
     if status == 409:
         return KubeConflictError
+    if status == 410:
+        return KubeGoneError
     if status in (401, 403):
         return KubeForbiddenError
     if status in (400, 422):
@@ -209,6 +220,33 @@ class Scale:
     current: int
     """Observed (``status.replicas``)."""
     resource_version: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectList:
+    """The items of a list and the resourceVersion to watch from afterwards."""
+
+    items: builtins.list[Object]
+    resource_version: str
+
+
+class WatchEventType(enum.StrEnum):
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+    BOOKMARK = "BOOKMARK"
+    """Only a newer ``metadata.resourceVersion`` to resume from; nothing changed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WatchEvent:
+    type: WatchEventType
+    object: Object
+
+    @property
+    def resource_version(self) -> str | None:
+        value = (self.object.get("metadata") or {}).get("resourceVersion")
+        return str(value) if value else None
 
 
 class KubeClient:
@@ -256,21 +294,110 @@ class KubeClient:
         field_selector: str | None = None,
     ) -> builtins.list[Object]:
         """Every matching object (following ``continue`` tokens, up to `MAX_PAGES`)."""
-        path = _collection_path(resource, namespace)
+        listed = await self.list_versioned(
+            resource,
+            namespace=namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+        )
+        return listed.items
+
+    async def list_versioned(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        all_namespaces: bool = False,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        max_pages: int | None = MAX_PAGES,
+    ) -> ObjectList:
+        """Like `list`, plus the resourceVersion a watch of the same selection starts from.
+
+        ``all_namespaces`` lists a namespaced resource cluster-wide; ``max_pages=None`` follows
+        every ``continue`` token (a watcher needs the whole collection). An expired continue
+        token is a `KubeGoneError`: list again from the start.
+        """
+        path = _collection_path(resource, namespace, all_namespaces=all_namespaces)
         query: list[tuple[str, str]] = [("limit", str(PAGE_SIZE))]
-        if label_selector:
-            query.append(("labelSelector", label_selector))
-        if field_selector:
-            query.append(("fieldSelector", field_selector))
+        query += _selectors(label_selector, field_selector)
         items: builtins.list[Object] = []
         token: str | None = None
-        for _ in range(MAX_PAGES):
+        version: str | None = None
+        pages = 0
+        while max_pages is None or pages < max_pages:
             page = await self._json("GET", path, query=[*query, *_maybe("continue", token)])
+            pages += 1
+            metadata = page.get("metadata") or {}
+            # The first page's: every page of one list is read at that revision.
+            version = version or str(metadata.get("resourceVersion") or "")
             items.extend(i for i in page.get("items") or [] if isinstance(i, dict))
-            token = (page.get("metadata") or {}).get("continue") or None
+            token = metadata.get("continue") or None
             if token is None:
                 break
-        return items
+        return ObjectList(items=items, resource_version=version or "")
+
+    async def watch(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        all_namespaces: bool = False,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int = 300,
+        bookmarks: bool = True,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Changes after ``resource_version`` (none: synthetic ADDED events for what exists,
+        then changes), until the server ends the watch after ``timeout_seconds``.
+
+        BOOKMARK events carry only a newer resourceVersion to resume from. A resourceVersion
+        the server no longer keeps raises `KubeGoneError` (from an HTTP 410 or, as the API
+        server does it, an ``ERROR`` event with a 410 Status in a 200 stream): list again.
+        Connection failures and silence past the timeout raise `KubeUnavailableError`; resume
+        from the last resourceVersion seen. Close the iterator when leaving it early
+        (``contextlib.aclosing``), so that the connection is released at once.
+        """
+        path = _collection_path(resource, namespace, all_namespaces=all_namespaces)
+        query = [
+            ("watch", "true"),
+            ("timeoutSeconds", str(timeout_seconds)),
+            *_maybe("allowWatchBookmarks", "true" if bookmarks else None),
+            *_maybe("resourceVersion", resource_version),
+            *_selectors(label_selector, field_selector),
+        ]
+        what = f"WATCH {path}"
+        # No total limit: the server ends the stream. A silent connection (no event, no
+        # bookmark, no end) for longer than the server's own timeout is a dead one.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.timeout, sock_read=timeout_seconds + self.timeout
+        )
+        try:
+            response = await self._api.call_api(
+                path,
+                "GET",
+                query_params=query,
+                header_params={"Accept": "application/json"},
+                auth_settings=_AUTH,
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+        except ApiException as e:
+            raise KubeError(f"{what}: {e.reason}") from e
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise _unavailable(what, e) from e
+        try:
+            if response.status != 200:
+                raise _error(what, response.status, response.reason, await response.read())
+            async for line in _lines(response.content, what):
+                event = _watch_event(what, line)
+                if event is not None:
+                    yield event
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise _unavailable(what, e) from e
+        finally:
+            response.release()
 
     async def create(
         self,
@@ -451,10 +578,59 @@ class KubeClient:
         return result
 
 
-def _collection_path(resource: Resource, namespace: str | None) -> str:
+def _collection_path(
+    resource: Resource, namespace: str | None, *, all_namespaces: bool = False
+) -> str:
     if resource.namespaced and namespace is None:
-        raise ValueError(f"{resource.plural} are namespaced: a namespace is required")
+        if not all_namespaces:
+            raise ValueError(f"{resource.plural} are namespaced: a namespace is required")
+        # /apis/apps/v1/deployments: the collection across all namespaces.
+        return dataclasses.replace(resource, namespaced=False).path()
     return resource.path(namespace=namespace)
+
+
+def _selectors(label_selector: str | None, field_selector: str | None) -> list[tuple[str, str]]:
+    return [
+        *_maybe("labelSelector", label_selector or None),
+        *_maybe("fieldSelector", field_selector or None),
+    ]
+
+
+async def _lines(content: aiohttp.StreamReader, what: str) -> AsyncIterator[bytes]:
+    """The stream's newline-separated records, however long each is (aiohttp's readline stops
+    at 128 KiB, which a large object can pass)."""
+    buffer = bytearray()
+    async for chunk in content.iter_any():
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            if line.strip():
+                yield line
+        if len(buffer) > MAX_WATCH_LINE:
+            raise KubeError(f"{what}: a watch event larger than {MAX_WATCH_LINE} bytes")
+    if bytes(buffer).strip():
+        yield bytes(buffer)
+
+
+def _watch_event(what: str, line: bytes) -> WatchEvent | None:
+    try:
+        decoded = json.loads(line)
+    except ValueError as e:
+        raise KubeError(f"{what}: undecodable watch event: {redaction.truncate(str(e), 80)}") from e
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("object"), dict):
+        raise KubeError(f"{what}: malformed watch event")
+    kind, obj = decoded.get("type"), decoded["object"]
+    if kind == "ERROR":
+        code = obj.get("code")
+        status = code if isinstance(code, int) and code >= 400 else 500
+        raise _error(what, status, str(obj.get("reason") or ""), json.dumps(obj))
+    try:
+        event_type = WatchEventType(str(kind))
+    except ValueError:
+        log.warning("watch_event_unknown", what=what, type=redaction.truncate(str(kind), 40))
+        return None
+    return WatchEvent(type=event_type, object=obj)
 
 
 def _maybe(key: str, value: str | None) -> list[tuple[str, str]]:

@@ -1,7 +1,11 @@
-"""The daemon's own Prometheus metrics, on a registry passed in (one per daemon or test).
+"""Prometheus metrics, on a registry passed in (one per daemon or test).
 
-Label values are bounded: playbook names, action names, outcomes, reasons and status codes;
-never fingerprints, targets or store ids (those belong in the audit log).
+`Metrics` are the daemon's own (``remediator_*``): label values are bounded (playbook names,
+action names, outcomes, reasons and status codes), never fingerprints, targets or store ids
+(those belong in the audit log). `StoreMetrics` are about the stores, from discovery and the
+prober; their names and labels are the contract ``alerts/stores.rules.yml`` is written against,
+and their per-store series (``store_id``, ``namespace``) are removed when the store goes.
+Nothing here does I/O at scrape time: background tasks set every value.
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from remediator.core import stores
+
+PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+PROVISIONING_BUCKETS = (30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600)
 WEBHOOK_CODES = ("200", "400", "401", "413", "415", "503")
 RUN_OUTCOMES = ("succeeded", "failed", "unverified", "interrupted", "rejected")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -147,3 +155,86 @@ class Metrics:
     def run_finished(self, *, playbook: str, outcome: str, duration: float) -> None:
         self.runs.labels(playbook=playbook, outcome=outcome).inc()
         self.run_duration.labels(playbook=playbook).observe(duration)
+
+
+class StoreMetrics:
+    """The stores' metrics. Every label value of a closed set starts at 0, so that
+    ``increase()`` sees the first failure of each reason and every phase has a series."""
+
+    def __init__(self, registry: CollectorRegistry, *, provisioner: bool = False) -> None:
+        self.registry = registry
+        self.store_up = Gauge(
+            "store_up",
+            "1 when the store's URL answered the last probe below 400, else 0.",
+            ["store_id", "namespace"],
+            registry=registry,
+        )
+        self.probe_duration = Histogram(
+            "store_probe_duration_seconds",
+            "Duration of store probes, failed ones included.",
+            buckets=PROBE_BUCKETS,
+            registry=registry,
+        )
+        self.probe_failures = Counter(
+            "store_probe_failures",
+            "Failed store probes, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.stores = Gauge(
+            "stores",
+            "Discovered stores, by phase.",
+            ["phase"],
+            registry=registry,
+        )
+        self.phase_duration = Gauge(
+            "store_phase_duration_seconds",
+            "Seconds the store has been in its current phase (one series per store).",
+            ["store_id", "namespace", "phase"],
+            registry=registry,
+        )
+        self.provisioning_duration = Histogram(
+            "store_provisioning_duration_seconds",
+            "From namespace creation to the store first running, for stores seen provisioning.",
+            buckets=PROVISIONING_BUCKETS,
+            registry=registry,
+        )
+        self.provisioning_failures = Counter(
+            "store_provisioning_failures",
+            "Stores that failed provisioning, once per store and reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.provisioning_stuck = Gauge(
+            "stores_provisioning_stuck",
+            "Stores provisioning for longer than stores.stuck_after.",
+            registry=registry,
+        )
+        self.component_ready = Gauge(
+            "store_component_ready",
+            "1 when the store's app Deployment is available / DB StatefulSet ready, else 0.",
+            ["store_id", "namespace", "component"],
+            registry=registry,
+        )
+        self.provisioner_up: Gauge | None = None
+        """Only when a provisioner is configured: an unset gauge would read 0, i.e. down."""
+        if provisioner:
+            self.provisioner_up = Gauge(
+                "provisioner_up",
+                "1 when the provisioner API answered its health check below 400, else 0.",
+                registry=registry,
+            )
+        for probe_reason in stores.ProbeFailure:
+            self.probe_failures.labels(reason=probe_reason.value)
+        for failure_reason in stores.FailureReason:
+            self.provisioning_failures.labels(reason=failure_reason.value)
+        for phase in stores.Phase:
+            self.stores.labels(phase=phase.value).set(0)
+
+    def forget_store(self, ref: stores.StoreRef, *, phase: stores.Phase | None) -> None:
+        """Remove every series of a store that is gone."""
+        self.store_up.remove(ref.store_id, ref.namespace)
+        if phase is not None:
+            self.phase_duration.remove(ref.store_id, ref.namespace, phase.value)
+        for component in stores.Component:
+            self.component_ready.remove(ref.store_id, ref.namespace, component.value)

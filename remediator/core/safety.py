@@ -43,6 +43,8 @@ class BreakerPolicy:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StormPolicy:
+    min_targets: int = 3
+    """Fewer distinct targets than this is never a storm, whatever the share of a small fleet."""
     max_targets: int = 5
     """More distinct targets than this firing the same alert within ``window`` is a storm."""
     max_percent: float = 20.0
@@ -104,7 +106,7 @@ ALLOWED = Decision()
 
 
 def is_storm(policy: StormPolicy | None, *, targets: int, known: int | None) -> bool:
-    if policy is None:
+    if policy is None or targets < policy.min_targets:
         return False
     if targets > policy.max_targets:
         return True
@@ -117,7 +119,7 @@ def storm_count_cap(policy: StormPolicy, *, known: int | None) -> int:
     threshold = policy.max_targets
     if known:
         threshold = min(threshold, int(known * policy.max_percent / 100.0))
-    return threshold + 1
+    return max(policy.min_targets, threshold + 1)
 
 
 def decide_admission(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) -> Decision:

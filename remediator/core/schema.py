@@ -90,6 +90,11 @@ _SAFETY: dict[str, Any] = {
             "description": "Storm detection; null turns it off for this playbook.",
             "additionalProperties": False,
             "properties": {
+                "min_targets": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Fewer distinct targets is never a storm.",
+                },
                 "max_targets": {"type": "integer", "minimum": 1},
                 "max_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
                 "window": DURATION,

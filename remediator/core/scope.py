@@ -25,7 +25,8 @@ LABEL_REFERENCE = re.compile(
     r"|\.([A-Za-z_][A-Za-z0-9_]*)"
     r"|\[\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]\s*\])"
 )
-DEFAULT_NAMESPACES = (r"store-[a-z0-9]([-a-z0-9]*[a-z0-9])?", "store-platform")
+DEFAULT_NAMESPACES = (r"store-[a-z0-9]([-a-z0-9]*[a-z0-9])?", "store-platform", "ingress-nginx")
+"""Stores, the platform, and the ingress controller the storm playbook restarts."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

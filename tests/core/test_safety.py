@@ -204,7 +204,8 @@ STORM = StormPolicy(max_targets=5, max_percent=20.0)
         (3, 10, True),
         (5, 25, False),
         (6, 25, True),  # also over max_targets
-        (1, 4, True),  # 25 % of a small fleet, below max_targets
+        (1, 4, False),  # 25 % of a small fleet, but one store is never a storm (min_targets)
+        (3, 4, True),  # 75 % of a small fleet, and min_targets reached
         (4, 0, False),  # an empty fleet count gives no percentage
         (6, 0, True),  # ...but max_targets still applies
         (4, None, False),
@@ -217,7 +218,8 @@ STORM = StormPolicy(max_targets=5, max_percent=20.0)
         "percent-above",
         "percent-equal-25",
         "both",
-        "percent-small-fleet",
+        "percent-small-fleet-one-target",
+        "percent-small-fleet-min-targets",
         "known-zero",
         "known-zero-count-above",
         "known-none",

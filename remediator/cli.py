@@ -112,9 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_commands(commands)
 
     demo = commands.add_parser(
-        "demo", help="run the daemon on the example config with a sample alert"
+        "demo",
+        help="break a simulated store and watch remediator fix it, through a real Prometheus"
+        " and Alertmanager",
     )
-    demo.add_argument("--keep", action="store_true", help="leave the daemon running afterwards")
+    demo.add_argument(
+        "--keep", action="store_true", help="leave everything running afterwards, until Ctrl-C"
+    )
+    demo.add_argument(
+        "--no-monitoring",
+        action="store_true",
+        help="run without Prometheus and Alertmanager, as when they are not installed"
+        " (also REMEDIATOR_DEMO_NO_MONITORING=1)",
+    )
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -401,4 +411,4 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from remediator import demo  # the demo pulls in the simulation; serve never needs it
 
-    return int(demo.main(keep=args.keep))
+    return demo.main(keep=args.keep, no_monitoring=args.no_monitoring)

@@ -51,13 +51,16 @@ class ScrapeTarget:
     """One endpoint for Prometheus to scrape."""
 
     job: str
-    """The ``job`` label; targets sharing a job must share path and interval."""
+    """The ``job`` label; targets sharing a job must share path, interval and honor_labels."""
     address: str
     """``host:port`` of the endpoint."""
     metrics_path: str = "/metrics"
     """HTTP path of the exposition."""
     interval: str = "1s"
     """Scrape interval as a Prometheus duration."""
+    honor_labels: bool = False
+    """Keep the target's own labels where they clash with Prometheus' (remediator's store
+    series carry ``namespace``), as ``deploy/prometheus/scrape.yml`` does."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,17 +256,20 @@ def _scrape_configs(targets: Sequence[ScrapeTarget]) -> list[dict[str, Any]]:
     # Prometheus rejects duplicate job names, so targets of one job share a scrape config.
     jobs: dict[str, dict[str, Any]] = {}
     for target in targets:
-        job = jobs.setdefault(
-            target.job,
-            {
-                "job_name": target.job,
-                "scrape_interval": target.interval,
-                "metrics_path": target.metrics_path,
-                "static_configs": [{"targets": []}],
-            },
-        )
-        if (job["scrape_interval"], job["metrics_path"]) != (target.interval, target.metrics_path):
-            raise ValueError(f"targets of job {target.job!r} differ in interval or metrics_path")
+        config: dict[str, Any] = {
+            "job_name": target.job,
+            "scrape_interval": target.interval,
+            "metrics_path": target.metrics_path,
+            "static_configs": [{"targets": []}],
+        }
+        if target.honor_labels:
+            config["honor_labels"] = True
+        job = jobs.setdefault(target.job, config)
+        shared = (job["scrape_interval"], job["metrics_path"], job.get("honor_labels", False))
+        if shared != (target.interval, target.metrics_path, target.honor_labels):
+            raise ValueError(
+                f"targets of job {target.job!r} differ in interval, metrics_path or honor_labels"
+            )
         job["static_configs"][0]["targets"].append(target.address)
     return list(jobs.values())
 

@@ -189,6 +189,7 @@ async def run_prometheus(
     workdir: Path,
     ready_timeout: float = DEFAULT_READY_TIMEOUT,
     stop_grace: float = DEFAULT_STOP_GRACE,
+    pick_port: Callable[[], int] | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Run Prometheus for `spec` with its config, data and log in `workdir`."""
     workdir = _prepare_workdir(workdir)
@@ -211,6 +212,7 @@ async def run_prometheus(
         log_file=workdir / "prometheus.log",
         ready_timeout=ready_timeout,
         stop_grace=stop_grace,
+        pick_port=pick_port or pick_free_port,
     ) as server:
         log.info("prometheus_started", url=server.url, pid=server.process.pid)
         yield server
@@ -223,6 +225,7 @@ async def run_alertmanager(
     workdir: Path,
     ready_timeout: float = DEFAULT_READY_TIMEOUT,
     stop_grace: float = DEFAULT_STOP_GRACE,
+    pick_port: Callable[[], int] | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Run Alertmanager for `spec` with its config, data and log in `workdir`."""
     workdir = _prepare_workdir(workdir)
@@ -247,6 +250,7 @@ async def run_alertmanager(
         log_file=workdir / "alertmanager.log",
         ready_timeout=ready_timeout,
         stop_grace=stop_grace,
+        pick_port=pick_port or pick_free_port,
     ) as server:
         log.info("alertmanager_started", url=server.url, pid=server.process.pid)
         yield server
@@ -299,14 +303,16 @@ async def _run_server(
     log_file: Path,
     ready_timeout: float,
     stop_grace: float,
+    pick_port: Callable[[], int],
 ) -> AsyncIterator[RunningServer]:
+    """``pick_port`` is a parameter so a test can hand out a port that is already taken."""
     executable = shutil.which(binary)
     if executable is None:
         raise MonitoringError(
             f"{binary} not found on PATH; install the Debian package (see .ci/setup)"
         )
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        address = f"127.0.0.1:{_pick_free_port()}"
+        address = f"127.0.0.1:{pick_port()}"
         url = f"http://{address}"
         process = await _spawn(executable, arguments(address), log_file=log_file)
         try:
@@ -341,7 +347,7 @@ class _PortTakenError(Exception):
     pass
 
 
-def _pick_free_port() -> int:
+def pick_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

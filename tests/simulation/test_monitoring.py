@@ -342,17 +342,19 @@ async def test_a_taken_port_is_retried_with_another(
     tmp_path: Path,
     webhook_receiver: monitoring_fixtures.WebhookReceiver,
     taken_port: int,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The race being covered (another process binding the probed port first) cannot be
-    # provoked from outside, so the first probe is made to return a port that is in use.
+    # provoked from outside, so the first pick is a port that is in use.
     ports = iter([taken_port])
-    free_port = monitoring._pick_free_port
-    monkeypatch.setattr(monitoring, "_pick_free_port", lambda: next(ports, None) or free_port())
+
+    def pick() -> int:
+        return next(ports, None) or monitoring.pick_free_port()
 
     with structlog.testing.capture_logs() as logs:
         spec = alertmanager_spec(webhook_receiver.url)
-        async with monitoring.run_alertmanager(spec, workdir=tmp_path) as alertmanager:
+        async with monitoring.run_alertmanager(
+            spec, workdir=tmp_path, pick_port=pick
+        ) as alertmanager:
             assert alertmanager.process.returncode is None
             assert alertmanager.url != f"http://127.0.0.1:{taken_port}"
 

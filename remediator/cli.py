@@ -400,6 +400,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     report = asyncio.run(verify())
     if report.intact:
         print(f"audit log intact: {report.checked} records")
+        # Only a copy kept elsewhere can show that records were cut off the end.
+        print(f"head: seq {report.head_seq} hash {report.head_hash}")
         return 0
     print(
         f"audit log BROKEN at record {report.first_broken}: {report.reason} "

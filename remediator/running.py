@@ -29,7 +29,7 @@ from remediator import __version__
 from remediator.adapters import auditing, kubernetes, loading, metrics, prometheus, state
 from remediator.config import LoggingSettings, Settings, read_token
 from remediator.core.errors import ConfigError, Problem
-from remediator.core.runs import AuditEvent, AuditKind
+from remediator.core.runs import AuditEvent, AuditKind, AuditRecord
 from remediator.engine import (
     admitting,
     envelope,
@@ -232,7 +232,12 @@ class Daemon:
         metric_set = metrics.Metrics(CollectorRegistry())
         metric_set.playbooks_loaded.set(len(playbooks.playbooks))
         metric_set.know_playbooks(p.name for p in playbooks.playbooks)
-        store = state.SqliteStateStore(settings.state.path, on_append=auditing.log_record)
+
+        def audited(record: AuditRecord) -> None:
+            auditing.log_record(record)
+            metric_set.audit_head.set(record.seq)
+
+        store = state.SqliteStateStore(settings.state.path, on_append=audited)
         await store.open()
         try:
             async with contextlib.AsyncExitStack() as clients:

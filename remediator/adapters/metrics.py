@@ -130,6 +130,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=registry,
         )
+        self.audit_head = Gauge(
+            "remediator_audit_head_seq",
+            "Sequence number of the newest audit record; it never goes down unless records "
+            "were removed.",
+            registry=registry,
+        )
         self.awaiting_approval = Gauge(
             "remediator_runs_awaiting_approval",
             "Runs waiting for an operator's decision.",

@@ -50,6 +50,11 @@ class ChainReport:
     first_broken: int | None = None
     """seq of the first record whose hash or link does not hold."""
     reason: str = ""
+    head_seq: int = 0
+    """The last intact record. The chain cannot show that records were cut off its end, so
+    operators keep (seq, hash) elsewhere and compare: a lower seq, or another hash at that seq,
+    means the log was truncated."""
+    head_hash: str = GENESIS_HASH
 
     @property
     def intact(self) -> bool:
@@ -82,4 +87,4 @@ def verify_chain(records: Iterable[AuditRecord]) -> ChainReport:
         checked += 1
         expected_prev = record.hash
         expected_seq = record.seq + 1
-    return ChainReport(checked=checked)
+    return ChainReport(checked=checked, head_seq=(expected_seq or 1) - 1, head_hash=expected_prev)

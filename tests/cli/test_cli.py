@@ -317,6 +317,11 @@ def test_audit_filters_and_pages(audited: AuditedState, tmp_path: Path) -> None:
 def test_audit_verify_intact(audited: AuditedState, tmp_path: Path) -> None:
     done = cli("audit", "verify", "--state", audited.path, cwd=tmp_path, check_rc=0)
     assert f"intact: {audited.records} records" in done.stdout
+    with contextlib.closing(sqlite3.connect(audited.path)) as conn:
+        seq, digest = conn.execute(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    assert f"head: seq {seq} hash {digest}" in done.stdout
 
 
 def test_audit_verify_names_the_tampered_record(state_copy: Path, tmp_path: Path) -> None:

@@ -82,14 +82,19 @@ def test_seal_hashes_the_canonical_content_after_the_previous_hash() -> None:
 
 
 def test_intact_chain_verifies() -> None:
-    report = auditing.verify_chain(chain())
+    records = chain()
+    report = auditing.verify_chain(records)
 
-    assert report == auditing.ChainReport(checked=5)
+    assert report == auditing.ChainReport(
+        checked=5, head_seq=records[-1].seq, head_hash=records[-1].hash
+    )
     assert report.intact
 
 
 def test_empty_chain_is_intact() -> None:
-    assert auditing.verify_chain([]) == auditing.ChainReport(checked=0)
+    assert auditing.verify_chain([]) == auditing.ChainReport(
+        checked=0, head_seq=0, head_hash=auditing.GENESIS_HASH
+    )
 
 
 def replace_event(index: int, **changes: object) -> Callable[[list[AuditRecord]], None]:
@@ -217,12 +222,23 @@ def test_removing_the_first_records_breaks_the_genesis_link() -> None:
 
 
 def test_truncating_the_end_is_not_detectable_by_the_chain_alone() -> None:
-    # The chain proves order and content; how many records there should be is the store's job.
-    assert auditing.verify_chain(chain()[:3]) == auditing.ChainReport(checked=3)
+    # The chain proves order and content, not how many records there should be: the report's
+    # head is what a copy kept elsewhere is compared with to see that the end was cut off.
+    records = chain()
+    full = auditing.verify_chain(records)
+    cut = auditing.verify_chain(records[:3])
+
+    assert cut.intact
+    assert cut.checked == 3
+    assert (cut.head_seq, cut.head_hash) == (records[2].seq, records[2].hash)
+    assert (full.head_seq, full.head_hash) == (records[-1].seq, records[-1].hash)
 
 
 def test_chain_may_start_at_any_seq_when_linked_to_genesis() -> None:
-    assert auditing.verify_chain(chain(first_seq=100)) == auditing.ChainReport(checked=5)
+    records = chain(first_seq=100)
+    assert auditing.verify_chain(records) == auditing.ChainReport(
+        checked=5, head_seq=104, head_hash=records[-1].hash
+    )
 
 
 def test_time_is_hashed_to_the_microsecond() -> None:

@@ -108,5 +108,20 @@ async def test_sighup_reloads_and_an_invalid_change_keeps_the_last_good_set(
         still = await post(session, daemon.url, firing(3, alertname="Second"))
         assert len(still["runs"]) == 1
 
+        # The chain's head is published, so a copy kept elsewhere can expose a truncated log.
+        newest = (await audit_kinds(session, daemon.url, "alert_received"))[-1]["seq"]
+        async with asyncio.timeout(BUDGET):
+            while True:
+                async with session.get(f"{daemon.url}/metrics") as response:
+                    exposition = await response.text()
+                head = next(
+                    float(line.split()[1])
+                    for line in exposition.splitlines()
+                    if line.startswith("remediator_audit_head_seq ")
+                )
+                if head >= newest:
+                    break
+                await asyncio.sleep(0.05)
+
         daemon.send(signal.SIGTERM)
         assert await daemon.exit_code() == 0

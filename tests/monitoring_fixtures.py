@@ -18,6 +18,7 @@ import prometheus_client
 from aiohttp import web
 
 from remediator.adapters import prometheus
+from remediator.simulation import serving
 
 # The reference measured the first scrape 5-6 s after Prometheus starts and the first webhook
 # 8.7-10 s after; the budget leaves room for a loaded CI machine.
@@ -99,12 +100,5 @@ async def wait_for_query(
 
 @contextlib.asynccontextmanager
 async def _serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving.serve_app(app) as url:
+        yield url.removeprefix("http://")

@@ -41,6 +41,7 @@ from remediator.core import runs
 from remediator.core.actions import ActionSpec
 from remediator.engine import reloading
 from remediator.engine.actions.registry import ActionContext, ActionRegistry, Output, Resources
+from remediator.simulation import serving
 from remediator.web import intake
 from tests import daemon_fixtures
 from tests.engine.conftest import EchoParams, KeyParams, Recorder, make_registry
@@ -160,16 +161,9 @@ async def http_sink() -> AsyncIterator[Sink]:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", accept)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    sink = Sink(url=f"http://{host}:{port}/hook", address=f"{host}:{port}")
-    try:
+    async with serving.serve_app(app) as url:
+        sink = Sink(url=f"{url}/hook", address=url.removeprefix("http://"))
         yield sink
-    finally:
-        await runner.cleanup()
 
 
 # Payloads

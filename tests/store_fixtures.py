@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from remediator.simulation import serving
+
 PATH = "/wp-includes/images/blank.gif"
 
 
@@ -68,17 +70,13 @@ async def serve_stores() -> AsyncIterator[StoreServer]:
     server = StoreServer()
     app = web.Application()
     app.router.add_get("/{tail:.*}", server.handle)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server.port = runner.addresses[0][1]
-    server.url = f"http://127.0.0.1:{server.port}"
-    try:
-        yield server
-    finally:
-        server.release.set()
-        await runner.cleanup()
+    async with serving.serve_app(app) as url:
+        server.url = url
+        server.port = int(url.rsplit(":", 1)[1])
+        try:
+            yield server
+        finally:
+            server.release.set()
 
 
 def closed_port() -> int:

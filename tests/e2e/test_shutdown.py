@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from remediator.simulation import serving
 from tests import daemon_fixtures
 from tests.daemon_fixtures import fingerprint_of, firing
 
@@ -67,17 +68,12 @@ async def slow_service() -> AsyncIterator[SlowService]:
 
     app = web.Application()
     app.router.add_post("/work/{item}", work)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    service = SlowService(address=f"{host}:{port}")
-    try:
-        yield service
-    finally:
-        service.release.set()
-        await runner.cleanup()
+    async with serving.serve_app(app) as url:
+        service = SlowService(address=url.removeprefix("http://"))
+        try:
+            yield service
+        finally:
+            service.release.set()
 
 
 def prepare(tmp_path: Path, service: SlowService, *, grace: float) -> Path:

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from remediator import config, running
 from remediator.adapters import prometheus
-from remediator.simulation import kubeapi, monitoring
+from remediator.simulation import kubeapi, monitoring, serving
 from remediator.simulation import provisioner as twin_module
 from tests import monitoring_fixtures
 from tests.engine.kube import objects
@@ -344,14 +344,8 @@ async def serve_provisioner(
     """`provisioner.serve`, with the outage switch in front of the twin."""
     app = twin_module.make_app(twin)
     app.middlewares.insert(0, outage.middleware)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving.serve_app(app) as url:
+        yield url
 
 
 @dataclass(kw_only=True)

@@ -25,7 +25,7 @@ from aiohttp import web
 from remediator.adapters import kubernetes
 from remediator.config import Settings
 from remediator.engine.actions.registry import ActionContext, Resources
-from remediator.simulation import kubeapi
+from remediator.simulation import kubeapi, serving
 
 SECRET = "s3cr3t-known-value"
 """A known secret value (as from the config): masked wherever it shows up."""
@@ -138,23 +138,17 @@ def api_log() -> ApiLog:
 
 
 @contextlib.asynccontextmanager
-async def serving(emulator: kubeapi.KubeEmulator, api_log: ApiLog) -> AsyncIterator[str]:
+async def serve_recorded(emulator: kubeapi.KubeEmulator, api_log: ApiLog) -> AsyncIterator[str]:
     """Like `kubeapi.serve`, with the recording middleware in front of the emulator's own."""
     app = kubeapi.make_app(emulator)
     app.middlewares.insert(0, api_log.middleware)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving.serve_app(app) as url:
+        yield url
 
 
 @pytest.fixture
 async def kube_url(emulator: kubeapi.KubeEmulator, api_log: ApiLog) -> AsyncIterator[str]:
-    async with serving(emulator, api_log) as url:
+    async with serve_recorded(emulator, api_log) as url:
         yield url
 
 

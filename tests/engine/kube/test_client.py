@@ -15,7 +15,7 @@ from remediator.core.errors import ConfigError
 from remediator.simulation import kubeapi
 
 from . import objects
-from .conftest import ApiLog, serving
+from .conftest import ApiLog, serve_recorded
 
 NS = "store-a"
 
@@ -272,7 +272,7 @@ async def test_error_bodies_are_truncated(kube: kubernetes.KubeClient, api_log: 
 
 async def test_token_is_sent_and_401_without_it(emulator: kubeapi.KubeEmulator) -> None:
     emulator.token = "t0ken-abc"
-    async with serving(emulator, ApiLog()) as url:
+    async with serve_recorded(emulator, ApiLog()) as url:
         async with kubernetes.KubeClient.from_url(url, token="t0ken-abc") as good:
             assert await good.get(kubernetes.NAMESPACES, "default")
         async with kubernetes.KubeClient.from_url(url) as anonymous:
@@ -292,7 +292,7 @@ async def test_a_hanging_server_times_out(kube_url: str, api_log: ApiLog) -> Non
 
 
 async def test_a_stopped_server_is_unavailable(emulator: kubeapi.KubeEmulator) -> None:
-    async with serving(emulator, ApiLog()) as url:
+    async with serve_recorded(emulator, ApiLog()) as url:
         pass
     async with kubernetes.KubeClient.from_url(url) as kube:
         with pytest.raises(kubernetes.KubeUnavailableError, match=r"ClientConnectorError"):

@@ -25,7 +25,7 @@ from .conftest import (
     make_context,
     nothing_sent,
     requires_kubectl,
-    serving,
+    serve_recorded,
 )
 
 NS = "store-a"
@@ -325,7 +325,10 @@ async def test_without_cert_manager_installed(
     no_crd = [r for r in kubeapi.DEFAULT_RESOURCES if r.kind != "Certificate"]
     emulator = kubeapi.KubeEmulator(resources=no_crd)
     emulator.seed(o for o in objects.healthy_store(NS) if o["kind"] != "Certificate")
-    async with serving(emulator, api_log) as url, kubernetes.KubeClient.from_url(url) as kube:
+    async with (
+        serve_recorded(emulator, api_log) as url,
+        kubernetes.KubeClient.from_url(url) as kube,
+    ):
         resources = Resources(settings=Settings(), http=http_session, kube=kube)
         output = await run(NS, make_context(resources))
 

@@ -13,6 +13,11 @@ from remediator.core.safety import SafetyPolicy
 T = TypeVar("T")
 
 
+def is_run_id(text: str) -> bool:
+    """Run ids are uuid4 hex; anything else in a URL is refused before reaching the store."""
+    return text.isalnum() and len(text) <= 64
+
+
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

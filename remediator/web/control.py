@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from remediator.core import runs
 from remediator.engine import envelope
 from remediator.web import auth
 from remediator.web.services import SERVICES, Services
@@ -134,7 +135,7 @@ async def reset_breakers(request: web.Request, services: Services) -> web.Respon
 
 async def _decide(request: web.Request, services: Services, *, approved: bool) -> web.Response:
     run_id = request.match_info["run_id"]
-    if not run_id.isalnum() or len(run_id) > 64:
+    if not runs.is_run_id(run_id):
         raise BadBodyError("run_id", "not a run id")
     body = await _body(request)
     decision = envelope.ApprovalDecision(

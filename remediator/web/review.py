@@ -7,14 +7,17 @@ query parameter. Protected by the API token (which falls back to the webhook tok
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from remediator.core import reporting
+from remediator.core import reporting, runs
 from remediator.core.errors import InvalidInputError
-from remediator.core.runs import RunFilter
+from remediator.core.runs import Page, RunFilter
 from remediator.web import auth
 from remediator.web.services import SERVICES
+
+T = TypeVar("T")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 1000
@@ -105,23 +108,29 @@ def _store_refusal(error: ValueError | InvalidInputError) -> BadQueryError:
     return BadQueryError("cursor", str(error))
 
 
-async def list_runs(request: web.Request) -> web.Response:
+async def _page(
+    request: web.Request,
+    fetch: Callable[..., Awaitable[Page[T]]],
+    to_json: Callable[[T], dict[str, Any]],
+) -> web.Response:
+    """One page of a filtered listing: query validated, store refusals turned into 400s."""
     flt, limit, cursor = parse_filter(request)
     try:
-        page = await request.app[SERVICES].store.list_runs(flt, limit=limit, cursor=cursor)
+        page = await fetch(flt, limit=limit, cursor=cursor)
     except (ValueError, InvalidInputError) as e:
         raise _store_refusal(e) from e
     return web.json_response(
-        {
-            "items": [reporting.run_json(r) for r in page.items],
-            "next_cursor": page.next_cursor,
-        }
+        {"items": [to_json(item) for item in page.items], "next_cursor": page.next_cursor}
     )
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    return await _page(request, request.app[SERVICES].store.list_runs, reporting.run_json)
 
 
 async def get_run(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
-    if not run_id.isalnum() or len(run_id) > 64:
+    if not runs.is_run_id(run_id):
         raise BadQueryError("run_id", "not a run id")
     detail = await request.app[SERVICES].store.get_run(run_id)
     if detail is None:
@@ -136,14 +145,4 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    flt, limit, cursor = parse_filter(request)
-    try:
-        page = await request.app[SERVICES].store.query_audit(flt, limit=limit, cursor=cursor)
-    except (ValueError, InvalidInputError) as e:
-        raise _store_refusal(e) from e
-    return web.json_response(
-        {
-            "items": [reporting.audit_json(r) for r in page.items],
-            "next_cursor": page.next_cursor,
-        }
-    )
+    return await _page(request, request.app[SERVICES].store.query_audit, reporting.audit_json)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from remediator.core import alerts, matching, planning
+from remediator.core import alerts, matching, planning, runs
 from remediator.core.playbooks import Playbook, PlaybookSet, RetryPolicy, Step, Trigger
 from remediator.core.runs import AuditEvent, AuditKind, NewRun
 
@@ -352,3 +352,19 @@ def test_summarize_stringifies_keys_and_does_not_change_its_input() -> None:
 
     assert list(summary) == ["1"]
     assert value == before
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0123456789abcdef0123456789abcdef", True),
+        ("a" * 64, True),
+        ("a" * 65, False),
+        ("", False),
+        ("not-a-run-id", False),
+        ("../etc", False),
+    ],
+    ids=["uuid-hex", "longest", "too-long", "empty", "dashes", "path"],
+)
+def test_is_run_id(text: str, expected: bool) -> None:
+    assert runs.is_run_id(text) is expected

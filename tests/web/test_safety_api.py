@@ -497,6 +497,16 @@ async def test_deciding_a_run_that_is_not_waiting_is_409(make_rig: MakeRig) -> N
     assert len(rig.recorder.calls_of("test.destroy")) == 1
 
 
+async def test_a_malformed_run_id_is_refused_before_any_lookup(make_rig: MakeRig) -> None:
+    _, client = await make_rig({"store-wipe": destructive()})
+
+    for verb in ("approve", "reject"):
+        refused = await call(
+            client, f"/api/v1/runs/not-a-run-id/{verb}", {"by": "alice"}, status=400
+        )
+        assert refused["field"] == "run_id"
+
+
 async def test_a_dry_run_needs_no_approval(make_rig: MakeRig) -> None:
     rig, client = await make_rig({"store-wipe": destructive(dry_run=True)})
     run_id = await only_run(client, firing("s1"))

@@ -9,8 +9,8 @@ closed by the next call that looks at it, which returns the audit events to reco
 from __future__ import annotations
 
 import json
-import sqlite3
 
+from remediator.adapters.state.connections import Connection
 from remediator.core import safety
 from remediator.core.runs import AuditEvent, AuditKind, Breaker, NewRun, StormKey
 
@@ -32,48 +32,13 @@ COUNTED_STATUSES = (
 JUDGED_STATUSES = ("succeeded", "failed", "unverified")
 """Outcomes a breaker judges; interrupted or rejected runs say nothing about the playbook."""
 
-MIGRATION = """
-    -- A firing alert seen for a target, for storm detection (distinct targets per window).
-    CREATE TABLE sightings (
-        playbook TEXT NOT NULL,
-        alertname TEXT NOT NULL,
-        target TEXT NOT NULL,
-        seen_at REAL NOT NULL
-    );
-    -- Covering: counting distinct targets in a window reads the index only.
-    CREATE INDEX sightings_by_alert ON sightings (playbook, alertname, seen_at, target);
-    -- Breakers read the latest finished runs of a playbook, and of a playbook on one target.
-    CREATE INDEX runs_by_playbook_finished ON runs (playbook, finished_at);
-    CREATE INDEX runs_by_playbook_target_finished ON runs (playbook, target, finished_at);
-    CREATE TABLE storms (
-        id INTEGER PRIMARY KEY,
-        playbook TEXT NOT NULL,
-        alertname TEXT NOT NULL,
-        started_at REAL NOT NULL,
-        ended_at REAL,
-        targets INTEGER NOT NULL
-    );
-    CREATE INDEX storms_active ON storms (playbook, alertname, ended_at);
-    -- target '' is the breaker of the whole playbook.
-    CREATE TABLE breakers (
-        id INTEGER PRIMARY KEY,
-        playbook TEXT NOT NULL,
-        target TEXT NOT NULL,
-        opened_at REAL NOT NULL,
-        closes_at REAL NOT NULL,
-        closed_at REAL,
-        closed_by TEXT
-    );
-    CREATE INDEX breakers_by_key ON breakers (playbook, target, closed_at);
-"""
 
-
-def paused(conn: sqlite3.Connection) -> dict[str, object] | None:
+def paused(conn: Connection) -> dict[str, object] | None:
     row = conn.execute("SELECT value FROM settings WHERE key = ?", (PAUSED_KEY,)).fetchone()
     return None if row is None else dict(json.loads(row[0]))
 
 
-def set_paused(conn: sqlite3.Connection, state: dict[str, object] | None) -> None:
+def set_paused(conn: Connection, state: dict[str, object] | None) -> None:
     if state is None:
         conn.execute("DELETE FROM settings WHERE key = ?", (PAUSED_KEY,))
     else:
@@ -84,7 +49,7 @@ def set_paused(conn: sqlite3.Connection, state: dict[str, object] | None) -> Non
         )
 
 
-def record_sighting(conn: sqlite3.Connection, run: NewRun, alertname: str, now: float) -> None:
+def record_sighting(conn: Connection, run: NewRun, alertname: str, now: float) -> None:
     conn.execute(
         "DELETE FROM sightings WHERE playbook = ? AND alertname = ? AND seen_at < ?",
         (run.playbook, alertname, now - SIGHTING_RETENTION),
@@ -96,19 +61,19 @@ def record_sighting(conn: sqlite3.Connection, run: NewRun, alertname: str, now: 
 
 
 def storm_targets(
-    conn: sqlite3.Connection, playbook: str, alertname: str, *, since: float, cap: int
+    conn: Connection, playbook: str, alertname: str, *, since: float, cap: int
 ) -> int:
     """Distinct targets in the window, counted up to ``cap`` only: past the storm threshold the
     exact number changes no decision, and counting all of them made every admission slower."""
     row = conn.execute(
         "SELECT COUNT(*) FROM (SELECT DISTINCT target FROM sightings"
-        " WHERE playbook = ? AND alertname = ? AND seen_at >= ? LIMIT ?)",
+        " WHERE playbook = ? AND alertname = ? AND seen_at >= ? LIMIT ?) AS seen",
         (playbook, alertname, since, cap),
     ).fetchone()
     return int(row[0])
 
 
-def active_storm(conn: sqlite3.Connection, key: StormKey) -> int | None:
+def active_storm(conn: Connection, key: StormKey) -> int | None:
     row = conn.execute(
         "SELECT id FROM storms WHERE playbook = ? AND alertname = ? AND ended_at IS NULL",
         (key.playbook, key.alertname),
@@ -116,7 +81,7 @@ def active_storm(conn: sqlite3.Connection, key: StormKey) -> int | None:
     return None if row is None else int(row[0])
 
 
-def start_storm(conn: sqlite3.Connection, key: StormKey, *, targets: int, now: float) -> AuditEvent:
+def start_storm(conn: Connection, key: StormKey, *, targets: int, now: float) -> AuditEvent:
     conn.execute(
         "INSERT INTO storms (playbook, alertname, started_at, targets) VALUES (?, ?, ?, ?)",
         (key.playbook, key.alertname, now, targets),
@@ -131,7 +96,7 @@ def start_storm(conn: sqlite3.Connection, key: StormKey, *, targets: int, now: f
 
 
 def end_storm(
-    conn: sqlite3.Connection, storm_id: int, key: StormKey, *, targets: int, now: float
+    conn: Connection, storm_id: int, key: StormKey, *, targets: int, now: float
 ) -> AuditEvent:
     conn.execute("UPDATE storms SET ended_at = ? WHERE id = ?", (now, storm_id))
     return AuditEvent(
@@ -143,7 +108,7 @@ def end_storm(
     )
 
 
-def active_storms(conn: sqlite3.Connection) -> list[StormKey]:
+def active_storms(conn: Connection) -> list[StormKey]:
     rows = conn.execute(
         "SELECT DISTINCT playbook, alertname FROM storms WHERE ended_at IS NULL"
     ).fetchall()
@@ -151,7 +116,7 @@ def active_storms(conn: sqlite3.Connection) -> list[StormKey]:
 
 
 def count_runs(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     since: float,
     playbook: str | None = None,
@@ -173,7 +138,7 @@ def count_runs(
     return int(row[0])
 
 
-def last_finished_on_target(conn: sqlite3.Connection, target: str) -> float | None:
+def last_finished_on_target(conn: Connection, target: str) -> float | None:
     row = conn.execute(
         "SELECT MAX(finished_at) FROM runs WHERE target = ? AND started_at IS NOT NULL",
         (target,),
@@ -181,7 +146,7 @@ def last_finished_on_target(conn: sqlite3.Connection, target: str) -> float | No
     return None if row[0] is None else float(row[0])
 
 
-def expire_breakers(conn: sqlite3.Connection, *, now: float) -> list[AuditEvent]:
+def expire_breakers(conn: Connection, *, now: float) -> list[AuditEvent]:
     """Close breakers whose time is up; the events say so."""
     rows = conn.execute(
         "SELECT id, playbook, target, opened_at, closes_at FROM breakers"
@@ -207,7 +172,7 @@ def expire_breakers(conn: sqlite3.Connection, *, now: float) -> list[AuditEvent]
     return events
 
 
-def breaker_open(conn: sqlite3.Connection, playbook: str, target: str, *, now: float) -> bool:
+def breaker_open(conn: Connection, playbook: str, target: str, *, now: float) -> bool:
     # An expired breaker counts as closed even before expire_breakers() has marked it: a
     # read-only preview does not expire anything, and must decide as admit() will.
     row = conn.execute(
@@ -218,7 +183,7 @@ def breaker_open(conn: sqlite3.Connection, playbook: str, target: str, *, now: f
     return row is not None
 
 
-def open_breakers(conn: sqlite3.Connection, *, now: float) -> list[Breaker]:
+def open_breakers(conn: Connection, *, now: float) -> list[Breaker]:
     # closes_at as well: a read-only store (the CLI) cannot expire breakers first.
     rows = conn.execute(
         "SELECT playbook, target, opened_at, closes_at FROM breakers WHERE closed_at IS NULL"
@@ -231,7 +196,7 @@ def open_breakers(conn: sqlite3.Connection, *, now: float) -> list[Breaker]:
 
 
 def trip_breakers(
-    conn: sqlite3.Connection,
+    conn: Connection,
     playbook: str,
     target: str,
     policy: safety.BreakerPolicy,
@@ -277,7 +242,7 @@ def trip_breakers(
 
 
 def close_breakers(
-    conn: sqlite3.Connection, playbook: str, target: str | None, *, by: str, now: float
+    conn: Connection, playbook: str, target: str | None, *, by: str, now: float
 ) -> list[AuditEvent]:
     """An operator's reset; ``target`` None closes every breaker of the playbook."""
     if target is None:
@@ -310,7 +275,7 @@ def close_breakers(
 
 
 def snapshot(
-    conn: sqlite3.Connection,
+    conn: Connection,
     run: NewRun,
     policy: safety.SafetyPolicy,
     alertname: str,

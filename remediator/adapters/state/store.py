@@ -1,0 +1,378 @@
+""":class:`SqlStateStore`: the :class:`~.contract.StateStore` API on the shared transactions.
+
+A backend supplies the transaction itself (:meth:`SqlStateStore._in_transaction`, blocking, run
+on a worker thread) and where it runs (:meth:`SqlStateStore._call`); everything a method means is
+here and in :mod:`.transactions`, once for both. Each public method is one transaction. Blocking
+database I/O never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from remediator.adapters.state import safeguards
+from remediator.adapters.state import transactions as tx
+from remediator.adapters.state.connections import Connection
+from remediator.adapters.state.contract import RunDetail, SafetyStatus, StateError
+from remediator.core import auditing, runs, safety
+
+T = TypeVar("T")
+
+VERIFY_BATCH = 1000
+
+
+class SqlStateStore(abc.ABC):
+    """What both backends share; see :mod:`.sqlite` and :mod:`.postgres`."""
+
+    readonly: bool = False
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_append: Callable[[runs.AuditRecord], None] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._on_append = on_append
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """Where the state lives, for messages: a path, or a URL without its password."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _call(self, job: Callable[[], T]) -> T:
+        """Run a blocking job on the backend's worker thread(s)."""
+
+    @abc.abstractmethod
+    def _call_blocking(self, job: Callable[[], T]) -> T:
+        """Run a blocking job from a thread other than the event loop's, and wait for it."""
+
+    @abc.abstractmethod
+    def _in_transaction(
+        self, operation: str, job: Callable[[Connection], T], *, write: bool
+    ) -> tuple[T, list[runs.AuditRecord]]:
+        """Blocking: run ``job`` in one transaction; the records it appended, once committed."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # Intake
+
+    async def admit(
+        self,
+        admissions: Sequence[runs.Admission],
+        *,
+        now: float,
+        known_targets: int | None = None,
+    ) -> list[runs.AdmissionResult]:
+        """Dedupe, then create each candidate run its safety policy allows (one transaction)."""
+        batch = tuple(admissions)
+        return await self._transact(
+            "admit", lambda c: tx.admit(c, batch, now=now, known_targets=known_targets)
+        )
+
+    # Runs
+
+    async def claim_run(
+        self,
+        run_id: str,
+        *,
+        now: float,
+        events: Sequence[runs.AuditEvent] = (),
+        policy: safety.SafetyPolicy | None = None,
+        policy_for: Callable[[str], safety.SafetyPolicy | None] | None = None,
+        record_start: bool = False,
+    ) -> runs.RunRecord | None:
+        """QUEUED → RUNNING; ``events`` (and ``run_started`` with ``record_start``) are written
+        only if it wins, in the same transaction.
+
+        With a ``policy`` (or ``policy_for``, given the run's playbook name), the start is
+        re-checked: pause, breaker and cooldown may have changed while the run waited. A
+        refused run becomes CANCELLED with the reason, audited.
+        """
+        pending = tuple(events)
+        return await self._transact(
+            "claim_run",
+            lambda c: tx.claim_run(
+                c,
+                run_id,
+                now=now,
+                events=pending,
+                policy=policy,
+                policy_for=policy_for,
+                record_start=record_start,
+            ),
+        )
+
+    async def finish_run(
+        self,
+        run_id: str,
+        status: runs.RunStatus,
+        *,
+        now: float,
+        error: str | None = None,
+        events: Sequence[runs.AuditEvent] = (),
+        breaker: safety.BreakerPolicy | None = None,
+    ) -> list[runs.Breaker]:
+        """Any unfinished status → ``status`` (a finished one); else :class:`RunStateError`.
+
+        A run that already finished keeps its first outcome: for example one that was marked
+        interrupted at shutdown while its task was still winding down. With a ``breaker``
+        policy, returns the breakers this outcome opened (audited here, escalated by the caller).
+        """
+        if not status.finished:
+            raise ValueError(f"finish_run needs a finished status, not {status}")
+        pending = tuple(events)
+        return await self._transact(
+            "finish_run",
+            lambda c: tx.finish_run(
+                c, run_id, status, now=now, error=error, events=pending, breaker=breaker
+            ),
+        )
+
+    async def set_run_status(
+        self,
+        run_id: str,
+        status: runs.RunStatus,
+        *,
+        now: float,
+        events: Sequence[runs.AuditEvent] = (),
+    ) -> None:
+        """Move a started run between RUNNING and AWAITING_APPROVAL."""
+        movable = (str(runs.RunStatus.RUNNING), str(runs.RunStatus.AWAITING_APPROVAL))
+        if status not in movable:
+            raise ValueError(
+                f"set_run_status moves runs between {', '.join(movable)}, not to {status}; "
+                "use claim_run or finish_run"
+            )
+        pending = tuple(events)
+
+        def move(conn: Connection) -> None:
+            tx.transition(conn, run_id, to=status, allowed_from=movable)
+            tx.append(conn, pending, now)
+
+        await self._transact("set_run_status", move)
+
+    async def record_step(
+        self,
+        step: runs.StepRecord,
+        *,
+        events: Sequence[runs.AuditEvent] = (),
+        now: float | None = None,
+    ) -> None:
+        """Store a finished step; ``now`` (the events' time) defaults to the store's clock."""
+        when = self._clock() if now is None else now
+        pending = tuple(events)
+        await self._transact(
+            "record_step", lambda c: tx.record_step(c, step, events=pending, now=when)
+        )
+
+    async def queued_runs(self) -> list[runs.RunRecord]:
+        """Oldest first: the order the daemon re-enqueues them in after a restart."""
+        return await self._transact("queued_runs", tx.queued_runs, write=False)
+
+    async def interrupt_unfinished(self, *, now: float, reason: str) -> list[runs.RunRecord]:
+        """RUNNING or AWAITING_APPROVAL → INTERRUPTED, one ``run_interrupted`` record each.
+
+        A run awaiting approval is interrupted too: the task that held its rendered context is
+        gone, and resuming half a run after a restart is not something to do unasked.
+        Queued runs are re-enqueued, not interrupted.
+        """
+        return await self._transact(
+            "interrupt_unfinished", lambda c: tx.interrupt_unfinished(c, now=now, reason=reason)
+        )
+
+    async def get_run(self, run_id: str) -> RunDetail | None:
+        return await self._transact("get_run", lambda c: tx.run_detail(c, run_id), write=False)
+
+    async def list_runs(
+        self, flt: runs.RunFilter, *, limit: int = 50, cursor: str | None = None
+    ) -> runs.Page[runs.RunRecord]:
+        """Newest first. ``since`` is inclusive and ``until`` exclusive, on ``created_at``.
+
+        ``flt.outcome`` matches the run's status; ``flt.kind`` does not apply to runs.
+        """
+        tx.check_limit(limit)
+        return await self._transact(
+            "list_runs", lambda c: tx.list_runs(c, flt, limit=limit, cursor=cursor), write=False
+        )
+
+    # Safety envelope
+
+    async def set_paused(self, paused: bool, *, by: str, reason: str, now: float) -> bool:
+        """The kill switch; durable, audited. False when it was already in that state."""
+        return await self._transact(
+            "set_paused", lambda c: tx.set_paused(c, paused, by=by, reason=reason, now=now)
+        )
+
+    async def is_paused(self) -> bool:
+        """Cheap enough to ask before every mutating step."""
+        return await self._transact(
+            "is_paused", lambda c: safeguards.paused(c) is not None, write=False
+        )
+
+    async def reset_breakers(
+        self, playbook: str, target: str | None, *, by: str, now: float
+    ) -> int:
+        """Close a playbook's open breakers (one target's, or all); audited with who did it."""
+        return await self._transact(
+            "reset_breakers", lambda c: tx.reset_breakers(c, playbook, target, by=by, now=now)
+        )
+
+    async def safety_status(self, *, now: float) -> SafetyStatus:
+        """Pause, open breakers and active storms, for the API, the CLI and the gauges."""
+        writable = not self.readonly
+        return await self._transact(
+            "safety_status",
+            lambda c: tx.safety_status(c, now=now, expire=writable),
+            write=writable,
+        )
+
+    async def preview_admission(
+        self,
+        run: runs.NewRun,
+        policy: safety.SafetyPolicy,
+        alertname: str,
+        *,
+        now: float,
+        known_targets: int | None = None,
+    ) -> safety.Decision:
+        """The decision admit() would take for this candidate now, writing nothing."""
+        return await self._transact(
+            "preview_admission",
+            lambda c: tx.preview_admission(
+                c, run, policy, alertname, now=now, known_targets=known_targets
+            ),
+            write=False,
+        )
+
+    # Audit
+
+    async def append_audit(
+        self, events: Sequence[runs.AuditEvent], *, now: float
+    ) -> list[runs.AuditRecord]:
+        pending = tuple(events)
+        return await self._transact("append_audit", lambda c: tx.append(c, pending, now))
+
+    async def query_audit(
+        self, flt: runs.RunFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> runs.Page[runs.AuditRecord]:
+        """Oldest first by seq. ``since`` is inclusive and ``until`` exclusive, on ``time``."""
+        tx.check_limit(limit)
+        return await self._transact(
+            "query_audit",
+            lambda c: tx.query_audit(c, flt, limit=limit, cursor=cursor),
+            write=False,
+        )
+
+    async def audit_records(
+        self, *, after_seq: int = 0, batch: int = 1000
+    ) -> AsyncIterator[runs.AuditRecord]:
+        """The chain from ``after_seq`` on, fetched ``batch`` records per transaction.
+
+        Writers interleave between batches; records appended meanwhile are included.
+        """
+        tx.check_limit(batch)
+        after = after_seq
+        while True:
+            rows = await self._transact(
+                "audit_records",
+                functools.partial(tx.audit_batch, after=after, limit=batch),
+                write=False,
+            )
+            for row in rows:
+                yield tx.decode_audit(row)
+            if len(rows) < batch:
+                return
+            after = rows[-1]["seq"]
+
+    async def verify_audit(self) -> auditing.ChainReport:
+        """Re-hash the whole chain without stalling the loop or the writers.
+
+        Hashing runs on a helper thread that pulls batches through the backend, so webhooks
+        keep being admitted between batches even on a very long log.
+        """
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self._verify_blocking, stop)
+        finally:
+            # On cancellation the helper thread stops at its next batch.
+            stop.set()
+
+    # Settings
+
+    async def get_setting(self, key: str) -> str | None:
+        return await self._transact("get_setting", lambda c: tx.get_setting(c, key), write=False)
+
+    async def put_setting(self, key: str, value: str | None) -> None:
+        """Store ``value`` under ``key``; None removes the key."""
+        await self._transact("put_setting", lambda c: tx.put_setting(c, key, value))
+
+    # Plumbing
+
+    async def _transact(
+        self, operation: str, job: Callable[[Connection], T], *, write: bool = True
+    ) -> T:
+        # If the awaiting task is cancelled, the job still runs to its end on the worker: a
+        # cancelled admit may have committed. Callers treat cancellation as "outcome unknown".
+        result, appended = await self._call(
+            lambda: self._in_transaction(operation, job, write=write)
+        )
+        # Called on the event loop after the commit, so the hook sees only durable records and
+        # structlog's context variables of the calling task.
+        if self._on_append is not None:
+            for record in appended:
+                self._on_append(record)
+        return result
+
+    def _verify_blocking(self, stop: threading.Event) -> auditing.ChainReport:
+        unreadable: list[tuple[int, str]] = []
+
+        def records() -> Iterator[runs.AuditRecord]:
+            after = 0
+            while not stop.is_set():
+                job = functools.partial(tx.audit_batch, after=after, limit=VERIFY_BATCH)
+                rows: list[Any]
+                rows, _ = self._call_blocking(
+                    functools.partial(self._in_transaction, "verify_audit", job, write=False)
+                )
+                for row in rows:
+                    try:
+                        record = tx.decode_audit(row)
+                    except StateError as e:
+                        # verify_chain only sees well-formed records; report this one after it.
+                        unreadable.append((row["seq"], str(e)))
+                        return
+                    yield record
+                if len(rows) < VERIFY_BATCH:
+                    return
+                after = rows[-1]["seq"]
+
+        report = auditing.verify_chain(records())
+        if report.intact and unreadable:
+            seq, reason = unreadable[0]
+            return auditing.ChainReport(checked=report.checked, first_broken=seq, reason=reason)
+        return report

@@ -1,0 +1,792 @@
+"""The state store's transactions, written once for both backends.
+
+Each public function here is the body of one transaction: the backend opens it (SQLite's single
+writer, or PostgreSQL under the writer lock), passes the connection in, and commits when the
+function returns. SQL is the dialect both engines share (``?`` placeholders; the PostgreSQL
+backend translates them). Time is always passed in as ``now`` (wall-clock epoch seconds).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from remediator.adapters.state import safeguards
+from remediator.adapters.state.connections import Connection
+from remediator.adapters.state.contract import RunDetail, RunStateError, SafetyStatus, StateError
+from remediator.core import auditing, errors, planning, runs, safety
+
+UNFINISHED = tuple(str(s) for s in runs.RunStatus if not s.finished)
+RUN_COLUMNS = (
+    "r.id, r.run_id, r.playbook, r.target, r.status, r.fingerprint, r.alertname, a.alert,"
+    " r.created_at, r.dry_run, r.started_at, r.finished_at, r.error"
+)
+RUNS_JOINED = (
+    "runs r JOIN alerts a ON a.fingerprint = r.fingerprint"
+    " AND a.starts_at = r.alert_starts_at AND a.status = r.alert_status"
+)
+AUDIT_COLUMNS = (
+    "seq, time, kind, run_id, fingerprint, alertname, playbook, target, outcome, reason,"
+    " details, prev_hash, hash"
+)
+
+
+# Intake
+
+
+def admit(
+    conn: Connection,
+    batch: Sequence[runs.Admission],
+    *,
+    now: float,
+    known_targets: int | None,
+) -> list[runs.AdmissionResult]:
+    """Dedupe, then create each candidate run its safety policy allows."""
+    append(conn, safeguards.expire_breakers(conn, now=now), now)
+    return [_admit_one(conn, a, now, known_targets) for a in batch]
+
+
+def _admit_one(
+    conn: Connection,
+    admission: runs.Admission,
+    now: float,
+    known_targets: int | None,
+) -> runs.AdmissionResult:
+    key = admission.key
+    key_values = (key.fingerprint, key.starts_at, str(key.status))
+    name = alertname(admission.alert)
+    seen = conn.execute(
+        "SELECT received_at FROM alerts WHERE fingerprint = ? AND starts_at = ? AND status = ?",
+        key_values,
+    ).fetchone()
+    if seen is not None:
+        earlier = [
+            row[0]
+            for row in conn.execute(
+                "SELECT run_id FROM runs WHERE fingerprint = ? AND alert_starts_at = ?"
+                " AND alert_status = ? ORDER BY id",
+                key_values,
+            )
+        ]
+        duplicate = runs.AuditEvent(
+            kind=runs.AuditKind.ALERT_DUPLICATE,
+            fingerprint=key.fingerprint,
+            alertname=name,
+            details={"first_seen": seen[0], "runs": earlier},
+        )
+        append(conn, [duplicate], now)
+        return runs.AdmissionResult(key=key, duplicate=True)
+
+    conn.execute(
+        "INSERT INTO alerts (fingerprint, starts_at, status, alert, received_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (*key_values, dumps(admission.alert), now),
+    )
+    append(conn, admission.events, now)
+    cancelled: list[str] = []
+    if admission.cancel_queued_runs:
+        # Before inserting this admission's runs, so they can never be among the cancelled.
+        cancelled.extend(cancel_queued(conn, key.fingerprint, now))
+    created: list[str] = []
+    refused: list[tuple[str, str]] = []
+    storms: list[runs.StormKey] = []
+    for new in admission.runs:
+        if new.policy is not None:
+            decision = _decide(
+                conn, new, new.policy, key, name, now, known_targets, cancelled, storms, created
+            )
+            if decision.refusal is not None:
+                refused.append((new.playbook, str(decision.refusal)))
+                append(
+                    conn,
+                    [
+                        planning.refused_event(
+                            key, name, new, decision.refusal, dict(decision.details)
+                        )
+                    ],
+                    now,
+                )
+                continue
+        insert_run(conn, new, key, name, now)
+        created.append(new.run_id)
+    return runs.AdmissionResult(
+        key=key,
+        duplicate=False,
+        created_runs=tuple(created),
+        cancelled_runs=tuple(cancelled),
+        refused=tuple(refused),
+        storms_started=tuple(storms),
+    )
+
+
+def _decide(
+    conn: Connection,
+    new: runs.NewRun,
+    policy: safety.SafetyPolicy,
+    key: Any,
+    name: str,
+    now: float,
+    known_targets: int | None,
+    cancelled: list[str],
+    storms: list[runs.StormKey],
+    created: list[str],
+) -> safety.Decision:
+    """The admission decision for one candidate, with the storm bookkeeping it implies."""
+    if str(key.status) == "firing" and policy.storm is not None:
+        safeguards.record_sighting(conn, new, name, now)
+    snapshot = safeguards.snapshot(conn, new, policy, name, now=now, known_targets=known_targets)
+    decision = safety.decide_admission(policy, snapshot, now=now)
+    storm_key = runs.StormKey(playbook=new.playbook, alertname=name)
+    storm_id = safeguards.active_storm(conn, storm_key)
+    storming = safety.is_storm(policy.storm, targets=snapshot.storm_targets, known=known_targets)
+    if storming and storm_id is None and not snapshot.paused:
+        append(
+            conn,
+            [safeguards.start_storm(conn, storm_key, targets=snapshot.storm_targets, now=now)],
+            now,
+        )
+        storms.append(storm_key)
+        # Per-target remediation of this alert is suspended: runs not yet started go too.
+        cancelled.extend(
+            cancel_queued_where(
+                conn,
+                "playbook = ? AND alertname = ?",
+                (new.playbook, name),
+                reason="storm",
+                now=now,
+            )
+        )
+        if new.on_storm is not None:
+            # The declared platform-level playbook runs once, instead of per-target runs.
+            insert_run(conn, new.on_storm, key, name, now)
+            created.append(new.on_storm.run_id)
+    elif not storming and storm_id is not None:
+        append(
+            conn,
+            [
+                safeguards.end_storm(
+                    conn, storm_id, storm_key, targets=snapshot.storm_targets, now=now
+                )
+            ],
+            now,
+        )
+    return decision
+
+
+def preview_admission(
+    conn: Connection,
+    run: runs.NewRun,
+    policy: safety.SafetyPolicy,
+    name: str,
+    *,
+    now: float,
+    known_targets: int | None,
+) -> safety.Decision:
+    snapshot = safeguards.snapshot(conn, run, policy, name, now=now, known_targets=known_targets)
+    if policy.storm is None:
+        return safety.decide_admission(policy, snapshot, now=now)
+    seen = conn.execute(
+        "SELECT 1 FROM sightings WHERE playbook = ? AND alertname = ? AND target = ?"
+        " AND seen_at >= ?",
+        (run.playbook, name, run.target, now - policy.storm.window),
+    ).fetchone()
+    if seen is None:  # admit() would record this sighting first
+        snapshot = dataclasses.replace(snapshot, storm_targets=snapshot.storm_targets + 1)
+    return safety.decide_admission(policy, snapshot, now=now)
+
+
+# Runs
+
+
+def claim_run(
+    conn: Connection,
+    run_id: str,
+    *,
+    now: float,
+    events: Sequence[runs.AuditEvent],
+    policy: safety.SafetyPolicy | None,
+    policy_for: Callable[[str], safety.SafetyPolicy | None] | None,
+    record_start: bool,
+) -> runs.RunRecord | None:
+    queued = conn.execute(
+        "SELECT playbook, target FROM runs WHERE run_id = ? AND status = ?",
+        (run_id, str(runs.RunStatus.QUEUED)),
+    ).fetchone()
+    if queued is None:
+        return None
+    gate = (
+        policy
+        if policy is not None
+        else (policy_for(queued[0]) if policy_for is not None else None)
+    )
+    if gate is not None:
+        append(conn, safeguards.expire_breakers(conn, now=now), now)
+        snapshot = safety.Snapshot(
+            paused=safeguards.paused(conn) is not None,
+            breaker_open=safeguards.breaker_open(conn, queued[0], queued[1], now=now),
+            last_finished_on_target=safeguards.last_finished_on_target(conn, queued[1]),
+        )
+        decision = safety.decide_start(gate, snapshot, now=now)
+        if decision.refusal is not None:
+            cancel_run(conn, run_id, str(decision.refusal), now, details=dict(decision.details))
+            return None
+    # The status condition is the lock: of two concurrent claims only one matches.
+    claimed = conn.execute(
+        "UPDATE runs SET status = ?, started_at = ? WHERE run_id = ? AND status = ?",
+        (str(runs.RunStatus.RUNNING), now, run_id, str(runs.RunStatus.QUEUED)),
+    ).rowcount
+    if not claimed:
+        return None
+    record = fetch_run(conn, run_id)
+    started = (
+        [
+            dataclasses.replace(
+                run_event(runs.AuditKind.RUN_STARTED, record, ""),
+                reason=None,
+                details={"dry_run": record.dry_run},
+            )
+        ]
+        if record_start
+        else []
+    )
+    append(conn, [*started, *events], now)
+    return record
+
+
+def finish_run(
+    conn: Connection,
+    run_id: str,
+    status: runs.RunStatus,
+    *,
+    now: float,
+    error: str | None,
+    events: Sequence[runs.AuditEvent],
+    breaker: safety.BreakerPolicy | None,
+) -> list[runs.Breaker]:
+    transition(
+        conn,
+        run_id,
+        to=status,
+        allowed_from=UNFINISHED,
+        assignments="finished_at = ?, error = ?",
+        values=(now, error),
+    )
+    append(conn, events, now)
+    if breaker is None or status not in safeguards.JUDGED_STATUSES:
+        return []
+    # Close expired breakers first, or one past its time would still block a new trip.
+    append(conn, safeguards.expire_breakers(conn, now=now), now)
+    run = fetch_run(conn, run_id)
+    opened = safeguards.trip_breakers(conn, run.playbook, run.target, breaker, now=now)
+    append(
+        conn,
+        [
+            runs.AuditEvent(
+                kind=runs.AuditKind.BREAKER_OPENED,
+                run_id=run_id,
+                playbook=b.playbook,
+                target=b.target,
+                outcome="open",
+                reason=f"{breaker.failures}_consecutive_failures",
+                details={"closes_at": b.closes_at, "scope": "target" if b.target else "playbook"},
+            )
+            for b in opened
+        ],
+        now,
+    )
+    return opened
+
+
+def record_step(
+    conn: Connection, step: runs.StepRecord, *, events: Sequence[runs.AuditEvent], now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO steps (run_id, idx, phase, name, action, outcome, params, attempts,"
+        " duration, started_at, error, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            step.run_id,
+            step.index,
+            step.phase,
+            step.name,
+            step.action,
+            str(step.outcome),
+            dumps(step.params),
+            step.attempts,
+            step.duration,
+            step.started_at,
+            step.error,
+            dumps(step.output),
+        ),
+    )
+    append(conn, events, now)
+
+
+def queued_runs(conn: Connection) -> list[runs.RunRecord]:
+    rows = conn.execute(
+        f"SELECT {RUN_COLUMNS} FROM {RUNS_JOINED}"  # noqa: S608 -- constant fragments
+        " WHERE r.status = ? ORDER BY r.created_at, r.id",
+        (str(runs.RunStatus.QUEUED),),
+    ).fetchall()
+    return [decode_run(row) for row in rows]
+
+
+def interrupt_unfinished(conn: Connection, *, now: float, reason: str) -> list[runs.RunRecord]:
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT run_id FROM runs WHERE status IN (?, ?) ORDER BY created_at, id",
+            (str(runs.RunStatus.RUNNING), str(runs.RunStatus.AWAITING_APPROVAL)),
+        )
+    ]
+    interrupted = []
+    for run_id in ids:
+        conn.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
+            (str(runs.RunStatus.INTERRUPTED), now, reason, run_id),
+        )
+        record = fetch_run(conn, run_id)
+        append(conn, [run_event(runs.AuditKind.RUN_INTERRUPTED, record, reason)], now)
+        interrupted.append(record)
+    return interrupted
+
+
+def run_detail(conn: Connection, run_id: str) -> RunDetail | None:
+    row = conn.execute(
+        f"SELECT {RUN_COLUMNS} FROM {RUNS_JOINED} WHERE r.run_id = ?",  # noqa: S608
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    steps = conn.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,)).fetchall()
+    audit = conn.execute(
+        f"SELECT {AUDIT_COLUMNS} FROM audit WHERE run_id = ? ORDER BY seq",  # noqa: S608
+        (run_id,),
+    ).fetchall()
+    return RunDetail(
+        run=decode_run(row),
+        steps=tuple(decode_step(s) for s in steps),
+        audit=tuple(decode_audit(a) for a in audit),
+    )
+
+
+def list_runs(
+    conn: Connection, flt: runs.RunFilter, *, limit: int, cursor: str | None
+) -> runs.Page[runs.RunRecord]:
+    check_limit(limit)
+    clauses, params = equalities(
+        "r.",
+        playbook=flt.playbook,
+        target=flt.target,
+        status=flt.outcome,
+        alertname=flt.alertname,
+    )
+    window(clauses, params, "r.created_at", flt)
+    if cursor is not None:
+        created_at, row_id = decode_run_cursor(cursor)
+        # Keyset, not OFFSET: pages stay stable while new runs arrive at the head.
+        clauses.append("(r.created_at, r.id) < (?, ?)")
+        params.extend((created_at, row_id))
+    where = " AND ".join(clauses) or "TRUE"
+    rows = conn.execute(
+        f"SELECT {RUN_COLUMNS} FROM {RUNS_JOINED} WHERE {where}"  # noqa: S608 -- placeholders only
+        " ORDER BY r.created_at DESC, r.id DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = encode_run_cursor(last["created_at"], last["id"])
+    return runs.Page(items=tuple(decode_run(r) for r in page), next_cursor=next_cursor)
+
+
+# Safety envelope
+
+
+def set_paused(conn: Connection, paused: bool, *, by: str, reason: str, now: float) -> bool:
+    current = safeguards.paused(conn)
+    if (current is not None) == paused:
+        return False
+    safeguards.set_paused(conn, {"by": by, "reason": reason, "since": now} if paused else None)
+    kind = runs.AuditKind.PAUSED if paused else runs.AuditKind.RESUMED
+    append(
+        conn,
+        [
+            runs.AuditEvent(
+                kind=kind,
+                outcome="paused" if paused else "resumed",
+                reason=reason,
+                details={"by": by, **({"paused_since": current["since"]} if current else {})},
+            )
+        ],
+        now,
+    )
+    return True
+
+
+def reset_breakers(
+    conn: Connection, playbook: str, target: str | None, *, by: str, now: float
+) -> int:
+    events = safeguards.close_breakers(conn, playbook, target, by=by, now=now)
+    append(conn, events, now)
+    return len(events)
+
+
+def safety_status(conn: Connection, *, now: float, expire: bool) -> SafetyStatus:
+    if expire:
+        append(conn, safeguards.expire_breakers(conn, now=now), now)
+    return SafetyStatus(
+        paused=safeguards.paused(conn),
+        breakers=tuple(safeguards.open_breakers(conn, now=now)),
+        storms=tuple(safeguards.active_storms(conn)),
+    )
+
+
+# Audit
+
+
+def query_audit(
+    conn: Connection, flt: runs.RunFilter, *, limit: int, cursor: str | None
+) -> runs.Page[runs.AuditRecord]:
+    check_limit(limit)
+    clauses, params = equalities(
+        "",
+        playbook=flt.playbook,
+        target=flt.target,
+        outcome=flt.outcome,
+        alertname=flt.alertname,
+        kind=flt.kind,
+    )
+    window(clauses, params, "time", flt)
+    if cursor is not None:
+        clauses.append("seq > ?")
+        params.append(decode_seq_cursor(cursor))
+    where = " AND ".join(clauses) or "TRUE"
+    rows = conn.execute(
+        f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {where}"  # noqa: S608 -- placeholders only
+        " ORDER BY seq LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    page = rows[:limit]
+    next_cursor = str(page[-1]["seq"]) if len(rows) > limit else None
+    return runs.Page(items=tuple(decode_audit(r) for r in page), next_cursor=next_cursor)
+
+
+# Settings
+
+
+def get_setting(conn: Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def put_setting(conn: Connection, key: str, value: str | None) -> None:
+    if value is None:
+        conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+    else:
+        conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def transition(
+    conn: Connection,
+    run_id: str,
+    *,
+    to: runs.RunStatus,
+    allowed_from: Sequence[str],
+    assignments: str = "",
+    values: Sequence[object] = (),
+) -> None:
+    marks = ", ".join("?" * len(allowed_from))
+    extra = f", {assignments}" if assignments else ""
+    changed = conn.execute(
+        f"UPDATE runs SET status = ?{extra} WHERE run_id = ? AND status IN ({marks})",  # noqa: S608
+        (str(to), *values, run_id, *allowed_from),
+    ).rowcount
+    if changed:
+        return
+    row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise RunStateError(f"no run {run_id!r}")
+    raise RunStateError(f"run {run_id!r} is {row[0]}, it cannot become {to}")
+
+
+def insert_run(conn: Connection, new: runs.NewRun, key: Any, alertname: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO runs (run_id, fingerprint, alert_starts_at, alert_status, alertname,"
+        " playbook, target, status, dry_run, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            new.run_id,
+            key.fingerprint,
+            key.starts_at,
+            str(key.status),
+            alertname,
+            new.playbook,
+            new.target,
+            str(runs.RunStatus.QUEUED),
+            int(new.dry_run),
+            now,
+        ),
+    )
+    append(conn, [planning.queued_event(key, alertname, new)], now)
+
+
+def cancel_queued(conn: Connection, fingerprint: str, now: float) -> tuple[str, ...]:
+    return tuple(
+        cancel_queued_where(
+            conn, "fingerprint = ?", (fingerprint,), reason="alert_resolved", now=now
+        )
+    )
+
+
+def cancel_queued_where(
+    conn: Connection, where: str, values: tuple[object, ...], *, reason: str, now: float
+) -> list[str]:
+    """Cancel the QUEUED runs matching ``where`` (a constant SQL fragment), oldest first."""
+    ids = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT run_id FROM runs WHERE {where} AND status = ?"  # noqa: S608 - constant
+            " ORDER BY created_at, id",
+            (*values, str(runs.RunStatus.QUEUED)),
+        )
+    ]
+    for run_id in ids:
+        cancel_run(conn, run_id, reason, now)
+    return ids
+
+
+def cancel_run(
+    conn: Connection,
+    run_id: str,
+    reason: str,
+    now: float,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
+        (str(runs.RunStatus.CANCELLED), now, reason, run_id),
+    )
+    event = run_event(runs.AuditKind.RUN_CANCELLED, fetch_run(conn, run_id), reason)
+    if details:
+        event = dataclasses.replace(event, details={**event.details, **details})
+    append(conn, [event], now)
+
+
+def run_event(kind: runs.AuditKind, run: runs.RunRecord, reason: str) -> runs.AuditEvent:
+    return runs.AuditEvent(
+        kind=kind,
+        run_id=run.run_id,
+        fingerprint=run.fingerprint,
+        alertname=run.alertname,
+        playbook=run.playbook,
+        target=run.target,
+        outcome=str(run.status),
+        reason=reason,
+    )
+
+
+def fetch_run(conn: Connection, run_id: str) -> runs.RunRecord:
+    row = conn.execute(
+        f"SELECT {RUN_COLUMNS} FROM {RUNS_JOINED} WHERE r.run_id = ?",  # noqa: S608
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        raise RunStateError(f"no run {run_id!r}")
+    return decode_run(row)
+
+
+def alertname(alert: Mapping[str, Any]) -> str:
+    labels = alert.get("labels")
+    name = labels.get("alertname") if isinstance(labels, Mapping) else None
+    return name if isinstance(name, str) else ""
+
+
+# The chain
+
+
+def append(
+    conn: Connection, events: Sequence[runs.AuditEvent], now: float
+) -> list[runs.AuditRecord]:
+    """Extend the chain from the head as seen inside the caller's transaction."""
+    if not events:
+        return []
+    # Stored as REAL and read back as float: an int ``now`` would hash as "1000", not "1000.0".
+    now = float(now)
+    head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev_hash = (head[0], head[1]) if head else (0, auditing.GENESIS_HASH)
+    records = []
+    for event in events:
+        seq += 1
+        details = dumps(event.details)
+        # Hash the details as they will be read back (plain dicts and lists), so the returned
+        # record equals the stored one and re-hashing on verification gives the same digest.
+        plain = dataclasses.replace(event, details=json.loads(details))
+        record = auditing.seal(seq, now, plain, prev_hash)
+        conn.execute(
+            f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 13)})",  # noqa: S608
+            (
+                seq,
+                now,
+                str(event.kind),
+                event.run_id,
+                event.fingerprint,
+                event.alertname,
+                event.playbook,
+                event.target,
+                event.outcome,
+                event.reason,
+                details,
+                record.prev_hash,
+                record.hash,
+            ),
+        )
+        prev_hash = record.hash
+        records.append(record)
+    conn.appended.extend(records)
+    return records
+
+
+def audit_batch(conn: Connection, *, after: int, limit: int) -> list[Any]:
+    return conn.execute(
+        f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+        (after, limit),
+    ).fetchall()
+
+
+# Encoding
+
+
+def dumps(value: object) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=jsonable)
+    except (TypeError, ValueError) as e:
+        raise StateError(f"cannot store as JSON: {e}") from e
+
+
+def jsonable(value: object) -> object:
+    # Read-only views (MappingProxyType) are common in our frozen types; json only knows dict.
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def decode_run(row: Any) -> runs.RunRecord:
+    try:
+        return runs.RunRecord(
+            run_id=row["run_id"],
+            playbook=row["playbook"],
+            target=row["target"],
+            status=runs.RunStatus(row["status"]),
+            fingerprint=row["fingerprint"],
+            alertname=row["alertname"],
+            alert=json.loads(row["alert"]),
+            created_at=row["created_at"],
+            dry_run=bool(row["dry_run"]),
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            error=row["error"],
+        )
+    except ValueError as e:
+        raise StateError(f"run {row['run_id']!r} is unreadable: {e}") from e
+
+
+def decode_step(row: Any) -> runs.StepRecord:
+    try:
+        return runs.StepRecord(
+            run_id=row["run_id"],
+            index=row["idx"],
+            phase=row["phase"],
+            name=row["name"],
+            action=row["action"],
+            outcome=runs.StepOutcome(row["outcome"]),
+            params=json.loads(row["params"]),
+            attempts=row["attempts"],
+            duration=row["duration"],
+            started_at=row["started_at"],
+            error=row["error"],
+            output=json.loads(row["output"]),
+        )
+    except ValueError as e:
+        raise StateError(f"step {row['idx']} of run {row['run_id']!r} is unreadable: {e}") from e
+
+
+def decode_audit(row: Any) -> runs.AuditRecord:
+    try:
+        event = runs.AuditEvent(
+            kind=runs.AuditKind(row["kind"]),
+            run_id=row["run_id"],
+            fingerprint=row["fingerprint"],
+            alertname=row["alertname"],
+            playbook=row["playbook"],
+            target=row["target"],
+            outcome=row["outcome"],
+            reason=row["reason"],
+            details=json.loads(row["details"]),
+        )
+    except ValueError as e:
+        raise StateError(f"audit record {row['seq']} is unreadable: {e}") from e
+    return runs.AuditRecord(
+        seq=row["seq"], time=row["time"], event=event, prev_hash=row["prev_hash"], hash=row["hash"]
+    )
+
+
+# Query helpers
+
+
+def equalities(prefix: str, **columns: str | None) -> tuple[list[str], list[object]]:
+    """``column = ?`` for each filter that is set; ``prefix`` is the table alias, if any."""
+    clauses: list[str] = []
+    params: list[object] = []
+    for name, value in columns.items():
+        if value is not None:
+            clauses.append(f"{prefix}{name} = ?")
+            params.append(value)
+    return clauses, params
+
+
+def window(clauses: list[str], params: list[object], column: str, flt: runs.RunFilter) -> None:
+    """``since`` inclusive, ``until`` exclusive, on ``column`` (a constant)."""
+    if flt.since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(flt.until)
+
+
+def check_limit(limit: int) -> None:
+    if limit < 1:
+        bad_query("limit", "must be at least 1")
+
+
+def encode_run_cursor(created_at: float, row_id: int) -> str:
+    # repr() round-trips floats exactly, so the keyset comparison resumes at the same row.
+    return base64.urlsafe_b64encode(f"{created_at!r}:{row_id}".encode()).decode()
+
+
+def decode_run_cursor(cursor: str) -> tuple[float, int]:
+    try:
+        created_at, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":")
+        return float(created_at), int(row_id)
+    except (binascii.Error, UnicodeError, ValueError):
+        bad_query("cursor", "is not a cursor this store issued")
+
+
+def decode_seq_cursor(cursor: str) -> int:
+    with contextlib.suppress(ValueError):
+        return int(cursor)
+    bad_query("cursor", "is not a cursor this store issued")
+
+
+def bad_query(path: str, message: str) -> NoReturn:
+    raise errors.InvalidInputError([errors.Problem(source="<query>", path=path, message=message)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -55,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML config file")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override server.host/port")
     serve.add_argument("--playbooks", metavar="DIR", help="override playbooks.directory")
-    serve.add_argument("--state", metavar="PATH", help="override state.path (SQLite file)")
+    serve.add_argument(
+        "--state", metavar="PATH|URL", help="override state.path (SQLite file or postgresql:// URL)"
+    )
     serve.add_argument(
         "--dry-run",
         action="store_true",
@@ -96,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=_simulate)
 
     audit = commands.add_parser("audit", help="review the audit log")
-    audit.add_argument("--state", metavar="PATH", help="the SQLite file (default from --config)")
+    audit.add_argument(
+        "--state", metavar="PATH|URL", help="SQLite file or postgresql:// URL (default: --config)"
+    )
     audit.add_argument("--config", type=Path)
     audit_commands = audit.add_subparsers(dest="audit_command")
     verify = audit_commands.add_parser("verify", help="check the hash chain")
@@ -184,8 +189,8 @@ def _simulate(args: argparse.Namespace) -> int:
 async def _preview_decisions(
     path: str, raw: Any, playbooks: Any, settings: config.Settings
 ) -> simulating.Decide:
-    """Decisions against a live state file, read-only: what the daemon would decide now."""
-    store = state.open_readonly(path)
+    """Decisions against a live state, read-only: what the daemon would decide now."""
+    store = state.open_store(dataclasses.replace(settings.state, path=path), readonly=True)
     await store.open()
     try:
         table = {}
@@ -322,15 +327,15 @@ def _approval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state_path(args: argparse.Namespace) -> str:
+def _state_settings(args: argparse.Namespace) -> config.StateSettings:
+    """The config's state group, with ``--state`` (a file or a postgresql:// URL) over it."""
+    settings = config.load(args.config).state
     explicit = getattr(args, "verify_state", None) or args.state
-    if explicit:
-        return str(explicit)
-    return config.load(args.config).state.path
+    return dataclasses.replace(settings, path=str(explicit)) if explicit else settings
 
 
 def _audit(args: argparse.Namespace) -> int:
-    path = _state_path(args)
+    where = _state_settings(args)
     query = {
         k: v
         for k in ("since", "until", "playbook", "target", "outcome", "alertname", "kind")
@@ -351,7 +356,7 @@ def _audit(args: argparse.Namespace) -> int:
         alertname=query.get("alertname"),
         kind=query.get("kind"),
     )
-    page = asyncio.run(_query_audit(path, flt, args.limit, args.cursor))
+    page = asyncio.run(_query_audit(where, flt, args.limit, args.cursor))
     if args.json:
         for record in page.items:
             print(json.dumps(reporting.audit_json(record), sort_keys=True))
@@ -363,9 +368,9 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 async def _query_audit(
-    path: str, flt: RunFilter, limit: int, cursor: str | None
+    where: config.StateSettings, flt: RunFilter, limit: int, cursor: str | None
 ) -> Page[AuditRecord]:
-    store = state.open_readonly(path)
+    store = state.open_store(where, readonly=True)
     await store.open()
     try:
         return await store.query_audit(flt, limit=limit, cursor=cursor)
@@ -387,10 +392,10 @@ def _print_audit_table(records: Sequence[AuditRecord], out: TextIO) -> None:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    path = _state_path(args)
+    where = _state_settings(args)
 
     async def verify() -> Any:
-        store = state.open_readonly(path)
+        store = state.open_store(where, readonly=True)
         await store.open()
         try:
             return await store.verify_audit()

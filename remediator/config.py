@@ -58,7 +58,37 @@ class PlaybookSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateSettings:
     path: str = "remediator.sqlite"
-    """The SQLite file holding dedupe keys, runs, step results and the audit log."""
+    """Where dedupe keys, runs, step results and the audit log live: a SQLite file (one
+    replica), or a ``postgresql://user@host:port/database`` URL (several replicas)."""
+    password_file: str | None = None
+    """PostgreSQL: file holding the password (a URL with a password in it is refused)."""
+    password_env: str = "REMEDIATOR_STATE_PASSWORD"  # noqa: S105 - a variable name
+    """PostgreSQL: environment variable read when ``password_file`` is not set."""
+    pool_size: int = 4
+    """PostgreSQL: connections (and worker threads) per replica."""
+    query_timeout: float = 5.0
+    """PostgreSQL: seconds any statement, or the wait for a connection or a lock, may take."""
+    connect_timeout: float = 5.0
+    """PostgreSQL: seconds to establish a connection."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HaSettings:
+    replica_id: str | None = None
+    """This replica's name in leases and the audit log; default: host name + a random suffix."""
+    lease_duration: float = 15.0
+    """Seconds a replica's runs stay its own without a renewal; then another replica takes
+    them over. Also the leader lease's duration."""
+    renew_interval: float = 5.0
+    """Seconds between lease renewals (and looks for runs whose lease expired)."""
+    leader_election: Literal["auto", "kubernetes", "postgresql", "none"] = "auto"
+    """Who runs the singleton work (discovery, probes, gauges): ``auto`` is a Kubernetes Lease
+    with a cluster and PostgreSQL, an advisory lock on PostgreSQL without one, and this
+    replica alone on SQLite; ``none``: every replica does it."""
+    lease_name: str = "remediator-leader"
+    """The coordination.k8s.io Lease's name."""
+    lease_namespace: str | None = None
+    """The Lease's namespace; default: the pod's own (service account namespace file)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,6 +246,7 @@ class Settings:
     auth: AuthSettings = AuthSettings()
     playbooks: PlaybookSettings = PlaybookSettings()
     state: StateSettings = StateSettings()
+    ha: HaSettings = HaSettings()
     engine: EngineSettings = EngineSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     http: HttpSettings = HttpSettings()
@@ -251,9 +282,45 @@ def from_mapping(raw: object, *, source: str = "<config>") -> Settings:
             Problem(source=source, path=path, message=message)
             for path, message in _store_problems(typing.cast(Settings, settings).stores)
         )
+        problems.extend(
+            Problem(source=source, path=path, message=message)
+            for path, message in _state_problems(typing.cast(Settings, settings))
+        )
     if problems:
         raise ConfigError(problems)
     return typing.cast(Settings, settings)
+
+
+def is_postgres_url(value: str) -> bool:
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+def _state_problems(settings: Settings) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    url = settings.state.path
+    if is_postgres_url(url):
+        credentials = url.split("://", 1)[1].partition("@")
+        if credentials[1] and ":" in credentials[0]:
+            found.append(
+                (
+                    "state.path",
+                    "must not contain a password; put it in state.password_file or "
+                    f"${settings.state.password_env}",
+                )
+            )
+        if "password=" in url:
+            found.append(("state.path", "must not contain a password= parameter"))
+    positive = {
+        "state.pool_size": settings.state.pool_size,
+        "state.query_timeout": settings.state.query_timeout,
+        "state.connect_timeout": settings.state.connect_timeout,
+        "ha.lease_duration": settings.ha.lease_duration,
+        "ha.renew_interval": settings.ha.renew_interval,
+    }
+    found.extend((path, "must be positive") for path, value in positive.items() if value <= 0)
+    if settings.ha.renew_interval * 2 > settings.ha.lease_duration:
+        found.append(("ha.renew_interval", "must be at most half of ha.lease_duration"))
+    return found
 
 
 def _store_problems(settings: StoresSettings) -> list[tuple[str, str]]:

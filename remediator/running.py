@@ -237,7 +237,7 @@ class Daemon:
             auditing.log_record(record)
             metric_set.audit_head.set(record.seq)
 
-        store = state.SqliteStateStore(settings.state.path, on_append=audited)
+        store = state.open_store(settings.state, on_append=audited)
         await store.open()
         try:
             async with contextlib.AsyncExitStack() as clients:
@@ -265,7 +265,7 @@ class Daemon:
         actions: registry.ActionRegistry,
         library: reloading.PlaybookLibrary,
         metric_set: metrics.Metrics,
-        store: state.SqliteStateStore,
+        store: state.SqlStateStore,
         session: aiohttp.ClientSession,
         kube: kubernetes.KubeClient | None,
     ) -> int:

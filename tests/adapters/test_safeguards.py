@@ -8,9 +8,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
-import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ from remediator.adapters import state
 from remediator.core import runs
 from remediator.core.alerts import AlertStatus, DedupeKey
 from remediator.core.safety import BreakerPolicy, RateLimit, SafetyPolicy, StormPolicy
+from tests import state_fixtures
 
 PLAYBOOK = "restart-store"
 ALERTNAME = "StoreDown"
@@ -38,13 +37,8 @@ def policy(**changes: Any) -> SafetyPolicy:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[state.SqliteStateStore]:
-    async with state.SqliteStateStore(db_path) as opened:
+async def store(backend: state_fixtures.Backend) -> AsyncIterator[state.SqlStateStore]:
+    async with backend.store() as opened:
         yield opened
 
 
@@ -53,7 +47,7 @@ class Feed:
 
     def __init__(
         self,
-        store: state.SqliteStateStore,
+        store: state.SqlStateStore,
         safety: SafetyPolicy,
         *,
         playbook: str = PLAYBOOK,
@@ -128,34 +122,25 @@ class Feed:
 
 
 async def audit(
-    store: state.SqliteStateStore, kind: runs.AuditKind | None = None
+    store: state.SqlStateStore, kind: runs.AuditKind | None = None
 ) -> list[runs.AuditRecord]:
     return [r async for r in store.audit_records() if kind is None or r.event.kind is kind]
 
 
-async def status_of(store: state.SqliteStateStore, run_id: str) -> runs.RunStatus:
+async def status_of(store: state.SqlStateStore, run_id: str) -> runs.RunStatus:
     detail = await store.get_run(run_id)
     assert detail is not None
     return detail.run.status
 
 
-async def assert_chain_intact(store: state.SqliteStateStore) -> None:
+async def assert_chain_intact(store: state.SqlStateStore) -> None:
     report = await store.verify_audit()
     assert report.intact, report
     assert report.checked == len(await audit(store))
 
 
-@contextlib.contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def table_sizes(path: Path) -> dict[str, int]:
-    with raw(path) as conn:
+def table_sizes(backend: state_fixtures.Backend) -> dict[str, int]:
+    with backend.raw() as conn:
         return {
             table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608
             for table in ("alerts", "runs", "audit", "sightings", "storms", "breakers", "settings")
@@ -167,7 +152,7 @@ def table_sizes(path: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("one_batch", [False, True], ids=["separate-posts", "one-post"])
 async def test_target_rate_allows_exactly_max_runs(
-    store: state.SqliteStateStore, one_batch: bool
+    store: state.SqlStateStore, one_batch: bool
 ) -> None:
     feed = Feed(store, policy(target_rate=RateLimit(max_runs=3, window=3600.0)))
     admissions = [feed.admission("store-1") for _ in range(4)]
@@ -190,7 +175,7 @@ async def test_target_rate_allows_exactly_max_runs(
     await assert_chain_intact(store)
 
 
-async def test_playbook_rate_counts_runs_on_every_target(store: state.SqliteStateStore) -> None:
+async def test_playbook_rate_counts_runs_on_every_target(store: state.SqlStateStore) -> None:
     feed = Feed(store, policy(playbook_rate=RateLimit(max_runs=2, window=600.0)))
     other = Feed(store, feed.safety, playbook="scale-store")
 
@@ -207,7 +192,7 @@ async def test_playbook_rate_counts_runs_on_every_target(store: state.SqliteStat
 @pytest.mark.parametrize(
     "limit", ["target_rate", "playbook_rate"], ids=["target-window", "playbook-window"]
 )
-async def test_rate_window_slides(store: state.SqliteStateStore, limit: str) -> None:
+async def test_rate_window_slides(store: state.SqlStateStore, limit: str) -> None:
     feed = Feed(store, policy(**{limit: RateLimit(max_runs=3, window=100.0)}))
     for at in (1000.0, 1010.0, 1020.0):
         await feed.queue("store-1", now=at)
@@ -224,7 +209,7 @@ async def test_rate_window_slides(store: state.SqliteStateStore, limit: str) -> 
 
 
 async def test_cancelled_runs_do_not_count_but_finished_ones_do(
-    store: state.SqliteStateStore,
+    store: state.SqlStateStore,
 ) -> None:
     feed = Feed(store, policy(target_rate=RateLimit(max_runs=3, window=3600.0)))
     first = feed.admission("store-1")
@@ -248,17 +233,17 @@ async def test_cancelled_runs_do_not_count_but_finished_ones_do(
     assert (await feed.admit("store-1", now=1008.0)).refused
 
 
-async def test_limits_survive_a_restart(db_path: Path) -> None:
+async def test_limits_survive_a_restart(backend: state_fixtures.Backend) -> None:
     safety = policy(
         target_rate=RateLimit(max_runs=3, window=3600.0),
         playbook_rate=RateLimit(max_runs=4, window=3600.0),
     )
-    async with state.SqliteStateStore(db_path) as first:
+    async with backend.store() as first:
         feed = Feed(first, safety)
         for i in range(3):
             await feed.queue("store-1", now=1000.0 + i)
 
-    async with state.SqliteStateStore(db_path) as second:
+    async with backend.store() as second:
         feed = Feed(second, safety, first=100)
         assert (await feed.admit("store-1", now=2000.0)).refused == (
             (PLAYBOOK, "target_rate_limited"),
@@ -273,7 +258,7 @@ async def test_limits_survive_a_restart(db_path: Path) -> None:
 # Cooldown
 
 
-async def test_cooldown_refuses_admission_until_it_passes(store: state.SqliteStateStore) -> None:
+async def test_cooldown_refuses_admission_until_it_passes(store: state.SqlStateStore) -> None:
     feed = Feed(store, policy(cooldown=300.0))
     await feed.run("store-1", runs.RunStatus.SUCCEEDED, now=1000.0)
 
@@ -288,7 +273,7 @@ async def test_cooldown_refuses_admission_until_it_passes(store: state.SqliteSta
     assert (await feed.admit("store-2", now=1001.0)).created_runs
 
 
-async def test_cooldown_refuses_a_queued_run_at_start(store: state.SqliteStateStore) -> None:
+async def test_cooldown_refuses_a_queued_run_at_start(store: state.SqlStateStore) -> None:
     feed = Feed(store, policy(cooldown=300.0))
     first, second, third = [await feed.queue("store-1", now=1000.0) for _ in range(3)]
     assert await store.claim_run(first, now=1001.0, policy=feed.safety) is not None
@@ -323,13 +308,14 @@ async def test_cooldown_refuses_a_queued_run_at_start(store: state.SqliteStateSt
     ids=["playbook-bound", "target-bound", "two-stores-one-file"],
 )
 async def test_a_burst_yields_exactly_the_permitted_runs(
-    db_path: Path, target_rate: RateLimit, playbook_rate: RateLimit | None, stores: int
+    backend: state_fixtures.Backend,
+    target_rate: RateLimit,
+    playbook_rate: RateLimit | None,
+    stores: int,
 ) -> None:
     safety = policy(target_rate=target_rate, playbook_rate=playbook_rate)
     async with contextlib.AsyncExitStack() as stack:
-        opened = [
-            await stack.enter_async_context(state.SqliteStateStore(db_path)) for _ in range(stores)
-        ]
+        opened = [await stack.enter_async_context(backend.store()) for _ in range(stores)]
         feed = Feed(opened[0], safety)
         alerts = [feed.admission(f"store-{i % 50:02d}") for i in range(1000)]
         batches = [alerts[i : i + 10] for i in range(0, 1000, 10)]
@@ -370,7 +356,7 @@ async def test_a_burst_yields_exactly_the_permitted_runs(
 
 
 async def test_k_consecutive_failures_on_a_target_open_its_breaker(
-    store: state.SqliteStateStore,
+    store: state.SqlStateStore,
 ) -> None:
     feed = Feed(store, OPEN)
     # Successes elsewhere keep the playbook breaker closed: only store-1 keeps failing.
@@ -395,7 +381,7 @@ async def test_k_consecutive_failures_on_a_target_open_its_breaker(
 
 
 async def test_k_consecutive_failures_across_targets_open_the_playbook_breaker(
-    store: state.SqliteStateStore,
+    store: state.SqlStateStore,
 ) -> None:
     feed = Feed(store, OPEN)
 
@@ -421,7 +407,7 @@ async def test_k_consecutive_failures_across_targets_open_the_playbook_breaker(
     assert (await other.admit("store-9", now=1010.0)).created_runs
 
 
-async def test_failures_on_one_target_open_both_breakers(store: state.SqliteStateStore) -> None:
+async def test_failures_on_one_target_open_both_breakers(store: state.SqlStateStore) -> None:
     feed = Feed(store, OPEN)
 
     opened = [await feed.run("store-1", runs.RunStatus.FAILED, now=1000.0 + i) for i in range(3)]
@@ -430,7 +416,7 @@ async def test_failures_on_one_target_open_both_breakers(store: state.SqliteStat
     assert len(await audit(store, runs.AuditKind.BREAKER_OPENED)) == 2
 
 
-async def test_a_success_in_between_restarts_the_count(store: state.SqliteStateStore) -> None:
+async def test_a_success_in_between_restarts_the_count(store: state.SqlStateStore) -> None:
     feed = Feed(store, OPEN)
     outcomes = [
         runs.RunStatus.FAILED,
@@ -450,7 +436,7 @@ async def test_a_success_in_between_restarts_the_count(store: state.SqliteStateS
 
 
 async def test_an_open_breaker_cancels_a_queued_run_at_start(
-    store: state.SqliteStateStore,
+    store: state.SqlStateStore,
 ) -> None:
     feed = Feed(store, dataclasses.replace(OPEN, breaker=BreakerPolicy(failures=1)))
     waiting = await feed.queue("store-1", now=1000.0)
@@ -463,7 +449,7 @@ async def test_an_open_breaker_cancels_a_queued_run_at_start(
     assert (cancelled.event.run_id, cancelled.event.reason) == (waiting, "breaker_open")
 
 
-async def test_breaker_closes_by_itself_after_reset_after(store: state.SqliteStateStore) -> None:
+async def test_breaker_closes_by_itself_after_reset_after(store: state.SqlStateStore) -> None:
     feed = Feed(
         store, dataclasses.replace(OPEN, breaker=BreakerPolicy(failures=2, reset_after=600))
     )
@@ -490,7 +476,7 @@ async def test_breaker_closes_by_itself_after_reset_after(store: state.SqliteSta
 
 
 async def test_an_expired_breaker_does_not_block_the_next_trip(
-    store: state.SqliteStateStore,
+    store: state.SqlStateStore,
 ) -> None:
     feed = Feed(store, dataclasses.replace(OPEN, breaker=BreakerPolicy(failures=1, reset_after=60)))
     late = await feed.queue("store-1", now=1000.0)
@@ -507,7 +493,7 @@ async def test_an_expired_breaker_does_not_block_the_next_trip(
 
 
 async def test_operator_reset_closes_breakers_and_restarts_the_count(
-    store: state.SqliteStateStore,
+    store: state.SqlStateStore,
 ) -> None:
     feed = Feed(store, OPEN)
     for i in range(3):
@@ -531,13 +517,13 @@ async def test_operator_reset_closes_breakers_and_restarts_the_count(
     assert len(await feed.run("store-1", runs.RunStatus.FAILED, now=1112.0)) == 2
 
 
-async def test_breakers_survive_a_restart(db_path: Path) -> None:
-    async with state.SqliteStateStore(db_path) as first:
+async def test_breakers_survive_a_restart(backend: state_fixtures.Backend) -> None:
+    async with backend.store() as first:
         feed = Feed(first, OPEN)
         for i in range(3):
             await feed.run("store-1", runs.RunStatus.FAILED, now=1000.0 + i)
 
-    async with state.SqliteStateStore(db_path) as second:
+    async with backend.store() as second:
         feed = Feed(second, OPEN, first=100)
         assert (await feed.admit("store-1", now=1100.0)).refused == ((PLAYBOOK, "breaker_open"),)
         assert len((await second.safety_status(now=1100.0)).breakers) == 2
@@ -550,7 +536,7 @@ STORMY = policy(storm=StormPolicy(max_targets=5, max_percent=100.0, window=300.0
 STORM_KEY = runs.StormKey(playbook=PLAYBOOK, alertname=ALERTNAME)
 
 
-async def test_the_sixth_target_starts_a_storm_exactly_once(store: state.SqliteStateStore) -> None:
+async def test_the_sixth_target_starts_a_storm_exactly_once(store: state.SqlStateStore) -> None:
     feed = Feed(store, STORMY)
     queued = [await feed.queue(f"store-{i}", now=1000.0 + i) for i in range(1, 6)]
     started = await store.claim_run(queued[0], now=1005.0, policy=STORMY)
@@ -596,7 +582,7 @@ async def test_the_sixth_target_starts_a_storm_exactly_once(store: state.SqliteS
     assert (await feed.admit("store-1", now=1010.0, alertname="StoreSlow")).created_runs
 
 
-async def test_a_storm_within_one_post_starts_once(store: state.SqliteStateStore) -> None:
+async def test_a_storm_within_one_post_starts_once(store: state.SqlStateStore) -> None:
     feed = Feed(store, STORMY)
     batch = [feed.admission(f"store-{i}") for i in range(20)]
 
@@ -610,7 +596,7 @@ async def test_a_storm_within_one_post_starts_once(store: state.SqliteStateStore
     assert len(await audit(store, runs.AuditKind.STORM_STARTED)) == 1
 
 
-async def test_storm_by_share_of_known_targets(store: state.SqliteStateStore) -> None:
+async def test_storm_by_share_of_known_targets(store: state.SqlStateStore) -> None:
     share = policy(storm=StormPolicy(max_targets=100, max_percent=20.0, window=300.0))
     feed = Feed(store, share)
 
@@ -638,7 +624,7 @@ async def test_storm_by_share_of_known_targets(store: state.SqliteStateStore) ->
     assert all(r.created_runs for r in unknown + empty_fleet)
 
 
-async def test_a_storm_ends_when_its_window_empties(store: state.SqliteStateStore) -> None:
+async def test_a_storm_ends_when_its_window_empties(store: state.SqlStateStore) -> None:
     feed = Feed(store, STORMY)
     for i in range(1, 7):
         await feed.admit(f"store-{i}", now=1000.0 + i)  # the storm starts at 1006
@@ -668,7 +654,7 @@ async def test_a_storm_ends_when_its_window_empties(store: state.SqliteStateStor
     await assert_chain_intact(store)
 
 
-async def test_resolved_alerts_are_not_sightings(store: state.SqliteStateStore) -> None:
+async def test_resolved_alerts_are_not_sightings(store: state.SqlStateStore) -> None:
     feed = Feed(store, STORMY)
 
     results = [
@@ -683,8 +669,10 @@ async def test_resolved_alerts_are_not_sightings(store: state.SqliteStateStore) 
 # The kill switch
 
 
-async def test_pause_refuses_admissions_and_starts_until_resumed(db_path: Path) -> None:
-    async with state.SqliteStateStore(db_path) as store:
+async def test_pause_refuses_admissions_and_starts_until_resumed(
+    backend: state_fixtures.Backend,
+) -> None:
+    async with backend.store() as store:
         feed = Feed(store, OPEN)
         waiting = await feed.queue("store-1", now=999.0)
 
@@ -699,7 +687,7 @@ async def test_pause_refuses_admissions_and_starts_until_resumed(db_path: Path) 
         assert await store.claim_run(waiting, now=1004.0, policy=OPEN) is None
         assert await status_of(store, waiting) is runs.RunStatus.CANCELLED
 
-    async with state.SqliteStateStore(db_path) as store:
+    async with backend.store() as store:
         feed = Feed(store, OPEN, first=100)
         status = await store.safety_status(now=1100.0)
         assert status.paused == {"by": "alice", "reason": "incident 42", "since": 1000.0}
@@ -741,7 +729,7 @@ async def test_pause_refuses_admissions_and_starts_until_resumed(db_path: Path) 
         await assert_chain_intact(store)
 
 
-async def test_a_paused_store_starts_no_storm(store: state.SqliteStateStore) -> None:
+async def test_a_paused_store_starts_no_storm(store: state.SqlStateStore) -> None:
     feed = Feed(store, STORMY)
     await store.set_paused(True, by="alice", reason="maintenance", now=999.0)
 
@@ -755,8 +743,8 @@ async def test_a_paused_store_starts_no_storm(store: state.SqliteStateStore) -> 
 
 
 async def preview_then_admit(
-    store: state.SqliteStateStore,
-    db_path: Path,
+    store: state.SqlStateStore,
+    backend: state_fixtures.Backend,
     feed: Feed,
     target: str,
     *,
@@ -765,11 +753,11 @@ async def preview_then_admit(
 ) -> str | None:
     """The preview's refusal, after checking it wrote nothing and admit() agreed."""
     admission = feed.admission(target)
-    before = table_sizes(db_path)
+    before = table_sizes(backend)
     decision = await store.preview_admission(
         admission.runs[0], feed.safety, ALERTNAME, now=now, known_targets=known_targets
     )
-    assert table_sizes(db_path) == before
+    assert table_sizes(backend) == before
     (result,) = await store.admit([admission], now=now, known_targets=known_targets)
     previewed = None if decision.refusal is None else str(decision.refusal)
     assert [reason for _, reason in result.refused] == ([previewed] if previewed else [])
@@ -778,7 +766,7 @@ async def preview_then_admit(
 
 
 async def test_preview_writes_nothing_and_agrees_with_admit(
-    store: state.SqliteStateStore, db_path: Path
+    store: state.SqlStateStore, backend: state_fixtures.Backend
 ) -> None:
     safety = policy(
         target_rate=RateLimit(max_runs=2, window=1000.0),
@@ -789,7 +777,7 @@ async def test_preview_writes_nothing_and_agrees_with_admit(
     feed = Feed(store, safety)
 
     async def step(target: str, now: float, known: int | None = None) -> str | None:
-        return await preview_then_admit(store, db_path, feed, target, now=now, known_targets=known)
+        return await preview_then_admit(store, backend, feed, target, now=now, known_targets=known)
 
     assert await step("store-1", 1000.0) is None
     assert await step("store-1", 1001.0) is None

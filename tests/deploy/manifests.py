@@ -36,6 +36,7 @@ PLAIN_VALUE = re.compile(r"^\$?\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)$")
 BLOCK_START = re.compile(r"\{\{-?\s*(if|range|with|define)\b")
 BLOCK_ELSE = re.compile(r"\{\{-?\s*else\b")
 BLOCK_END = re.compile(r"\{\{-?\s*end\s*-?\}\}")
+BLOCK_TAG = re.compile(r"\{\{-?\s*(if|range|with|define|else\s+if|else|end)\b")
 
 Doc = dict[str, Any]
 
@@ -59,19 +60,25 @@ def lookup(mapping: Mapping[str, Any], dotted: str) -> Any:
 
 def skeleton(text: str, *, keep_conditional: bool = True) -> str:
     """The template as YAML text, every branch taken (or, with ``keep_conditional=False``, only
-    what is outside any if/range/with block, which for the chart's defaults is what renders)."""
+    what is outside any block or in the plain ``else`` branch of an ``if``: where a template's
+    conditions are all false by default, as in ``remediator.managedConfig``, that is what the
+    chart's defaults render)."""
     text = COMMENT.sub("", text)
     out: list[str] = []
-    depth = 0
+    # One entry per open block: whether its current branch is a plain `else`.
+    in_else: list[bool] = []
     for line in text.splitlines():
-        opened = len(BLOCK_START.findall(line))
-        closed = len(BLOCK_END.findall(line))
-        if ACTIONS_ONLY.match(line):
-            depth += opened - closed
-            continue
-        if keep_conditional or depth == 0:
+        if (keep_conditional or all(in_else)) and not ACTIONS_ONLY.match(line):
             out.append(ACTION.sub(_substitute, line))
-        depth += opened - closed
+        for tag in BLOCK_TAG.findall(line):
+            if tag == "end":
+                in_else.pop()
+            elif tag == "else":
+                in_else[-1] = True
+            elif tag.startswith("else"):  # `else if`: a condition again
+                in_else[-1] = False
+            else:
+                in_else.append(False)
     return "\n".join(out) + "\n"
 
 

@@ -36,6 +36,9 @@ UNSUPPORTED_CONFIG = {
     "auth.api_token_env",
     "auth.insecure_no_auth",
     "provisioner.token_env",
+    "state.password_env",
+    # One ConfigMap serves every replica: each names itself (its host name, the pod's name).
+    "ha.replica_id",
     # In-cluster: the service account, no kubeconfig.
     "kubernetes.kubeconfig",
     "kubernetes.context",
@@ -90,7 +93,7 @@ def invalid_variants() -> Iterator[tuple[str, dict[str, Any]]]:
         node[last] = value
         return values
 
-    yield "unknown top-level key", variant("replicaCount", 2)
+    yield "unknown top-level key", variant("replicas", 2)
     yield "chart-managed config key", variant("config.server.host", "127.0.0.1")
     yield "managed config group", variant("config.state", {"path": "x.sqlite"})
     yield "grace period as a string", variant("config.engine.grace_period", "25s")

@@ -53,10 +53,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-playbooks" (include "remediator.fullname" .)) .Values.playbooks.existingConfigMap }}
 {{- end }}
 
+{{/* "true" when the state is on PostgreSQL (database.url), else empty. */}}
+{{- define "remediator.postgresql" -}}
+{{- if or (hasPrefix "postgresql://" .Values.database.url) (hasPrefix "postgres://" .Values.database.url) }}true{{ end }}
+{{- end }}
+
 {{/*
 The config keys that follow from the pod layout (deployment.yaml's mounts); configmap.yaml
 merges them over .Values.config, whose schema does not allow them. The kubeconfig is left
-unset, so the daemon uses the in-cluster service account. Paths here and mountPaths in
+unset, so the daemon uses the in-cluster service account. With keep_conditional=False the tests
+read the `else` branches here as the defaults' (every condition is false by default). Paths here and mountPaths in
 deployment.yaml must agree (tests/deploy/test_chart.py checks both).
 */}}
 {{- define "remediator.managedConfig" -}}
@@ -71,7 +77,21 @@ auth:
 playbooks:
   directory: /etc/remediator/playbooks
 state:
+  {{- if include "remediator.postgresql" . }}
+  path: {{ .Values.database.url | quote }}
+  {{- if .Values.database.existingSecret }}
+  password_file: /var/run/secrets/remediator-database/password
+  {{- end }}
+  {{- else }}
   path: /var/lib/remediator/remediator.sqlite
+  {{- end }}
+{{- if include "remediator.postgresql" . }}
+ha:
+  # The Lease lives where the Role grants it; named after the release, so that two releases
+  # in one namespace elect their leaders apart.
+  lease_name: {{ include "remediator.fullname" . }}-leader
+  lease_namespace: {{ .Release.Namespace }}
+{{- end }}
 {{- if .Values.provisionerAuth.existingSecret }}
 provisioner:
   token_file: /var/run/secrets/remediator-provisioner/token

@@ -301,3 +301,40 @@ def test_service_monitor_scrapes_metrics_as_job_remediator() -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] == service["spec"]["ports"][0]["name"] == "http"
+
+
+def with_database(replicas: int, url: str) -> dict[str, Any]:
+    values = copy.deepcopy(manifests.values())
+    values["replicaCount"] = replicas
+    values["database"]["url"] = url
+    return values
+
+
+@pytest.mark.parametrize("url", ["", "/var/lib/remediator/other.sqlite"])
+def test_schema_refuses_several_replicas_on_sqlite(url: str) -> None:
+    errors = list(jsonschema.Draft7Validator(schema()).iter_errors(with_database(2, url)))
+    messages = " ".join(error.message for error in errors)
+    assert "replicaCount > 1 needs PostgreSQL: set database.url" in messages
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://remediator@db.example:5432/remediator?sslmode=verify-full",
+        "postgres://remediator@remediator-db-rw:5432/remediator",
+    ],
+)
+def test_schema_accepts_several_replicas_on_postgresql(url: str) -> None:
+    jsonschema.Draft7Validator(schema()).validate(with_database(3, url))
+    assert config.is_postgres_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://remediator:secret@db.example:5432/remediator",
+        "postgresql://remediator@db.example:5432/remediator?password=secret",
+    ],
+)
+def test_schema_refuses_a_password_in_the_database_url(url: str) -> None:
+    assert not jsonschema.Draft7Validator(schema()).is_valid(with_database(1, url))

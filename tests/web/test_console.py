@@ -10,6 +10,7 @@ import json
 import re
 import sqlite3
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -24,7 +25,7 @@ INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)", re.IGNORECASE)
 
 async def log_in(
     client: Client, token: str = API_TOKEN, *, name: str = "alice", **headers: str
-) -> web.StreamResponse:
+) -> aiohttp.ClientResponse:
     response = await client.post(
         "/ui/login",
         data={"name": name, "token": token},
@@ -182,7 +183,7 @@ async def test_a_tampered_or_logged_out_session_is_not_accepted(client: Client) 
     logged_out = await client.post("/ui/logout", data={"csrf": csrf}, allow_redirects=False)
     client.session.cookie_jar.clear()
 
-    async def with_cookie(cookie: str) -> web.StreamResponse:
+    async def with_cookie(cookie: str) -> aiohttp.ClientResponse:
         headers = {"Cookie": f"remediator_session={cookie}"}
         return await client.get("/ui/", headers=headers, allow_redirects=False)
 

@@ -338,6 +338,8 @@ async def test_the_audit_chain_verifies_and_the_stores_are_listed(
     rows = page.locator("#stores tbody tr")
     await expect(rows).to_have_count(4)
     await expect(rows.first).to_contain_text("running")
+    # The failed run of the second test is s2's last run.
+    await expect(rows.filter(has_text="store-s2")).to_contain_text("console-scale failed")
     await shoot(page, "stores")
 
     await page.get_by_role("link", name="Overview").click()

@@ -358,7 +358,7 @@ async def not_run(request: web.Request) -> web.Response:
         "not_run.html",
         window=window,
         windows=list(WINDOWS),
-        since=rendering.iso(since),
+        since=since,
         complete=complete,
         groups=[
             {

@@ -33,6 +33,8 @@ COUNT_PAGES = 20
 HEAD_SCAN = 2000
 """Audit records read forward from the published head to find the newest one."""
 STORES_PER_PAGE = 100
+MAX_WAITING = 100
+"""Runs waiting for approval shown on the overview."""
 NOT_RUN_PAGES = 10
 NOT_RUN_SHOWN = 20
 """Records listed per reason on the alerts-not-run page (the counts cover them all)."""
@@ -140,7 +142,7 @@ async def overview(request: web.Request) -> web.Response:
     waiting = [
         w
         for w in await asyncio.gather(
-            *(_waiting(services, console, run_id, now) for run_id in services.approvals.waiting)
+            *(_waiting(services, console, run.run_id, now) for run in await _awaiting(services))
         )
         if w is not None
     ]
@@ -162,6 +164,12 @@ async def overview(request: web.Request) -> web.Response:
         head=head,
         verification=verification,
     )
+
+
+async def _awaiting(services: Services) -> tuple[runs.RunRecord, ...]:
+    """Runs waiting for an operator, from the store: every replica's, not only this one's."""
+    awaiting = RunFilter(outcome=str(RunStatus.AWAITING_APPROVAL))
+    return (await services.store.list_runs(awaiting, limit=MAX_WAITING)).items
 
 
 async def _waiting(
@@ -297,7 +305,7 @@ async def run_page(request: web.Request) -> web.Response:
     queued = next((r for r in detail.audit if r.event.kind is AuditKind.RUN_QUEUED), None)
     alert = console.redact(dict(run.alert))
     session = request[SESSION]
-    waiting = run.run_id in services.approvals.waiting
+    waiting = run.status is RunStatus.AWAITING_APPROVAL
     return render(
         request,
         "run.html",

@@ -273,3 +273,22 @@ async def test_without_auth_everyone_is_an_operator_and_pages_name_what_is_missi
     assert "anonymous · operator" in await overview.text()
     assert "Store discovery is not running here" in await stores.text()
     assert (login.status, login.headers["Location"]) == (302, "/ui/")
+
+
+async def test_the_overview_notices_records_cut_off_the_end_of_the_log(
+    client: Client, engine: Engine
+) -> None:
+    await admit(client, engine)
+    await log_in(client)
+    verified = await (await client.get("/ui/audit/verify")).text()
+    with contextlib.closing(sqlite3.connect(engine.store.path)) as conn:
+        (head,) = conn.execute("SELECT max(seq) FROM audit").fetchone()
+        intact = await (await client.get("/ui/")).text()
+        conn.executescript("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        conn.execute("DELETE FROM audit WHERE seq > ?", (head - 2,))
+        conn.commit()
+    cut = await (await client.get("/ui/")).text()
+
+    assert "The chain is intact" in verified
+    assert f'Head: <a href="/ui/audit/{head}">#{head}</a>' in intact
+    assert f"The log ends before record #{head}, which was its head before" in cut

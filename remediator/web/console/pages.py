@@ -148,7 +148,7 @@ async def overview(request: web.Request) -> web.Response:
     ]
     counts, complete = await _outcome_counts(services, since=now - DAY)
     verification = await _last_verification(services)
-    head = await _audit_head(services, verification)
+    head, known_head = await _audit_head(services, verification)
     return render(
         request,
         "overview.html",
@@ -162,6 +162,7 @@ async def overview(request: web.Request) -> web.Response:
         counts_complete=complete,
         day_ago=rendering.iso(now - DAY),
         head=head,
+        known_head=known_head,
         verification=verification,
     )
 
@@ -222,10 +223,11 @@ async def _last_verification(services: Services) -> dict[str, Any] | None:
 
 async def _audit_head(
     services: Services, verification: Mapping[str, Any] | None
-) -> AuditRecord | None:
-    """The newest audit record: read forward from the published head
-    (``remediator_audit_head_seq``, or the last verification's), so it is one record when
-    this process wrote the last one, and a few when another replica did."""
+) -> tuple[AuditRecord | None, int]:
+    """The newest audit record and the head known before reading: the published one
+    (``remediator_audit_head_seq``) or the last verification's. Reading forward from there is
+    one record when this process wrote the last one, and a few when another replica did; no
+    record at all means the log now ends before a head that was seen."""
     published = services.metrics.registry.get_sample_value("remediator_audit_head_seq") or 0
     verified = int(verification.get("head_seq", 0)) if verification else 0
     start = max(int(published), verified, 1) - 1
@@ -240,7 +242,7 @@ async def _audit_head(
                 break
     finally:
         await records.aclose()  # type: ignore[attr-defined]
-    return newest
+    return newest, start + 1 if start else 0
 
 
 # --- runs ---------------------------------------------------------------------------------------

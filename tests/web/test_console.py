@@ -292,3 +292,18 @@ async def test_the_overview_notices_records_cut_off_the_end_of_the_log(
     assert "The chain is intact" in verified
     assert f'Head: <a href="/ui/audit/{head}">#{head}</a>' in intact
     assert f"The log ends before record #{head}, which was its head before" in cut
+
+
+async def test_a_breaker_reset_names_what_it_closed_and_a_bad_form_what_was_wrong(
+    client: Client,
+) -> None:
+    await log_in(client)
+    csrf = await csrf_of(client)
+    empty = await client.post("/ui/breakers/reset", data={"csrf": csrf, "playbook": ""})
+    reset = await client.post(
+        "/ui/breakers/reset", data={"csrf": csrf, "playbook": "pod-crash", "target": "pod-a"}
+    )
+
+    assert empty.url.path == reset.url.path == "/ui/"
+    assert "playbook: playbook must be a string" in await empty.text()
+    assert "Closed 0 breaker(s) of pod-crash on pod-a." in await reset.text()

@@ -42,6 +42,9 @@ class AuthSettings:
     api_token_file: str | None = None
     """Token for the operator API (/api/v1); falls back to the webhook token when unset."""
     api_token_env: str = "REMEDIATOR_API_TOKEN"  # noqa: S105 - a variable name
+    viewer_token_file: str | None = None
+    """Token that may only read the console (/ui); unset: no viewer logins."""
+    viewer_token_env: str = "REMEDIATOR_VIEWER_TOKEN"  # noqa: S105 - a variable name
     insecure_no_auth: bool = False
     """Accept unauthenticated requests. For local experiments only; logged loudly."""
 
@@ -235,6 +238,16 @@ class SafetySettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConsoleSettings:
+    enabled: bool = True
+    """Serve the operator console at ``/ui`` on the API's port."""
+    session_ttl: float = 8 * 3600.0
+    """Seconds a console login lasts (one shift); then the token is asked for again."""
+    refresh_interval: float = 5.0
+    """Seconds between refreshes of pages that change (overview, a running run)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoggingSettings:
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -255,6 +268,7 @@ class Settings:
     stores: StoresSettings = StoresSettings()
     notify: NotifySettings = NotifySettings()
     safety: SafetySettings = SafetySettings()
+    console: ConsoleSettings = ConsoleSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

@@ -448,8 +448,13 @@ async def run_demo(workdir: Path, *, keep: bool, no_monitoring: bool, out: TextI
             f"\nrun {story.run_id}: {story.run_status}; escalations to oncall: {escalations}"
         )
         if keep:
+            # The demo's token is random, local to 127.0.0.1 and gone at Ctrl-C; showing it is
+            # what lets a person log in to the console at once.
             narrator.note(
-                f"\n--keep: everything keeps running until Ctrl-C. remediator {loop.url}"
+                f"\nconsole {loop.url}/ui/ : log in with any name and the token {loop.token}"
+            )
+            narrator.note(
+                f"--keep: everything keeps running until Ctrl-C. remediator {loop.url}"
                 f" (token in {loop.workdir / 'webhook-token'}), storefront"
                 f" {sim.storefront_url} (Host: <store>.{sim.domain}), kubeconfig {sim.kubeconfig}"
                 + (

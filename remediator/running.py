@@ -37,6 +37,7 @@ from remediator.engine import (
     monitoring,
     reloading,
     scheduling,
+    watching,
 )
 from remediator.engine.actions import registry
 from remediator.web import intake
@@ -71,10 +72,12 @@ def configure_logging(settings: LoggingSettings) -> None:
 class Tokens:
     webhook: str | None
     api: str | None
+    viewer: str | None = None
+    """The console's read-only token, if configured."""
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(t for t in {self.webhook, self.api} if t)
+        return tuple(t for t in {self.webhook, self.api, self.viewer} if t)
 
 
 def resolve_tokens(settings: Settings) -> Tokens:
@@ -94,7 +97,8 @@ def resolve_tokens(settings: Settings) -> Tokens:
         )
     if auth.insecure_no_auth:
         return Tokens(webhook=None, api=None)
-    return Tokens(webhook=webhook, api=api)
+    viewer = read_token(auth.viewer_token_file, auth.viewer_token_env)
+    return Tokens(webhook=webhook, api=api, viewer=viewer)
 
 
 ExecuteRun = Callable[[str], Awaitable[object]]
@@ -127,6 +131,7 @@ def build_engine(
     jitter: Callable[[], float] = random.random,
     wrap_execute: Callable[[ExecuteRun], ExecuteRun] = lambda execute: execute,
     known_targets: Callable[[], int | None] | None = None,
+    store_directory: watching.StoreDirectory | None = None,
 ) -> Engine:
     """The one place the engine is assembled: the daemon and the test rigs both use it.
 
@@ -191,6 +196,8 @@ def build_engine(
         ready=ready,
         approvals=approvals,
         refresh_safety=lambda: envelope.refresh_gauges(store, metric_set, approvals, now=clock()),
+        viewer_token=tokens.viewer,
+        store_directory=store_directory,
     )
     return Engine(
         approvals=approvals,
@@ -299,6 +306,7 @@ class Daemon:
 
         engine = build_engine(
             known_targets=known_targets,
+            store_directory=monitor.directory if monitor is not None else None,
             settings=settings,
             actions=actions,
             library=library,

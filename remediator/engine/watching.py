@@ -176,6 +176,17 @@ class DiagnosisTarget:
     release: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreStatus:
+    """One store as the directory knows it now (the console's Stores page)."""
+
+    ref: StoreRef
+    state: stores.PhaseState | None
+    """None until discovery is live."""
+    up: bool | None
+    """What ``store_up`` says: the last probe's answer, None while it is not exported."""
+
+
 @dataclass(slots=True, kw_only=True)
 class _Store:
     ref: StoreRef
@@ -196,6 +207,8 @@ class _Store:
     up_gauge: Gauge | None = None
     """This store's ``store_up`` child, kept so that a probe's answer skips the label lookup;
     None whenever the series is removed."""
+    up: bool | None = None
+    """The value last exported as ``store_up``; None whenever the series is removed."""
     duration_gauge: Gauge | None = None
     """Its ``store_phase_duration_seconds`` child for the current phase."""
 
@@ -244,6 +257,14 @@ class StoreDirectory:
     def phase_of(self, namespace: str) -> stores.PhaseState | None:
         found = self._stores.get(namespace)
         return found.state if found is not None else None
+
+    def statuses(self) -> list[StoreStatus]:
+        """Every store, by namespace."""
+        found = (
+            StoreStatus(ref=s.ref, state=s.state, up=s.up if s.up_gauge is not None else None)
+            for s in self._stores.values()
+        )
+        return sorted(found, key=lambda status: status.ref.namespace)
 
     def base_url(self, namespace: str) -> str | None:
         found = self._stores.get(namespace)
@@ -304,6 +325,7 @@ class StoreDirectory:
                 store_id=store.ref.store_id, namespace=store.ref.namespace
             )
         store.up_gauge.set(1 if result.up else 0)
+        store.up = result.up
         self._notify()
 
     def record_diagnosis(self, target: DiagnosisTarget, diagnosis: stores.Diagnosis) -> None:

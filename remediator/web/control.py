@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -67,14 +68,14 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _actor(body: dict[str, Any]) -> str:
+def parse_actor(body: Mapping[str, Any]) -> str:
     by = body.get("by")
     if not isinstance(by, str) or not ACTOR.match(by):
         raise BadBodyError("by", "who is deciding: 1-64 characters [A-Za-z0-9@._:-]")
     return by
 
 
-def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str:
+def parse_text(body: Mapping[str, Any], name: str, *, required: bool = False) -> str:
     value = body.get(name, "")
     if not isinstance(value, str) or len(value) > MAX_TEXT or (required and not value):
         raise BadBodyError(
@@ -83,6 +84,42 @@ def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str:
             + (" and not empty" if required else ""),
         )
     return value
+
+
+def parse_target(body: Mapping[str, Any]) -> str | None:
+    target = body.get("target")
+    if target is not None and (not isinstance(target, str) or not 0 < len(target) <= 253):
+        raise BadBodyError("target", "target must be a string of 1-253 characters")
+    return target
+
+
+def check_run_id(run_id: str) -> str:
+    if not runs.is_run_id(run_id):
+        raise BadBodyError("run_id", "not a run id")
+    return run_id
+
+
+# The operations, shared by this JSON API and the console's forms: one place decides what a
+# pause, a reset or an approval does.
+
+
+async def switch(services: Services, *, paused: bool, by: str, reason: str) -> bool:
+    """Pause or resume; False when it already was in that state."""
+    changed = await services.store.set_paused(paused, by=by, reason=reason, now=time.time())
+    await services.refresh_safety()
+    return changed
+
+
+async def reset(services: Services, *, playbook: str, target: str | None, by: str) -> int:
+    """Close a playbook's breakers (one target's, or all); how many were open."""
+    closed = await services.store.reset_breakers(playbook, target, by=by, now=time.time())
+    await services.refresh_safety()
+    return closed
+
+
+def decide(services: Services, run_id: str, decision: envelope.ApprovalDecision) -> bool:
+    """False when no run with that id is waiting for an approval."""
+    return services.approvals.decide(run_id, decision)
 
 
 async def safety_status(request: web.Request, services: Services) -> web.Response:
@@ -107,9 +144,8 @@ async def safety_status(request: web.Request, services: Services) -> web.Respons
 
 async def _switch(request: web.Request, services: Services, *, paused: bool) -> web.Response:
     body = await _body(request)
-    by, reason = _actor(body), _text(body, "reason", required=paused)
-    changed = await services.store.set_paused(paused, by=by, reason=reason, now=time.time())
-    await services.refresh_safety()
+    by, reason = parse_actor(body), parse_text(body, "reason", required=paused)
+    changed = await switch(services, paused=paused, by=by, reason=reason)
     return web.json_response({"paused": paused, "changed": changed})
 
 
@@ -123,25 +159,19 @@ async def resume(request: web.Request, services: Services) -> web.Response:
 
 async def reset_breakers(request: web.Request, services: Services) -> web.Response:
     body = await _body(request)
-    by = _actor(body)
-    playbook = _text(body, "playbook", required=True)
-    target = body.get("target")
-    if target is not None and (not isinstance(target, str) or not 0 < len(target) <= 253):
-        raise BadBodyError("target", "target must be a string of 1-253 characters")
-    closed = await services.store.reset_breakers(playbook, target, by=by, now=time.time())
-    await services.refresh_safety()
+    by = parse_actor(body)
+    playbook = parse_text(body, "playbook", required=True)
+    closed = await reset(services, playbook=playbook, target=parse_target(body), by=by)
     return web.json_response({"closed": closed})
 
 
 async def _decide(request: web.Request, services: Services, *, approved: bool) -> web.Response:
-    run_id = request.match_info["run_id"]
-    if not runs.is_run_id(run_id):
-        raise BadBodyError("run_id", "not a run id")
+    run_id = check_run_id(request.match_info["run_id"])
     body = await _body(request)
     decision = envelope.ApprovalDecision(
-        approved=approved, by=_actor(body), comment=_text(body, "comment")
+        approved=approved, by=parse_actor(body), comment=parse_text(body, "comment")
     )
-    if not services.approvals.decide(run_id, decision):
+    if not decide(services, run_id, decision):
         return web.json_response(
             {"error": "not_awaiting_approval", "message": "no run with that id is waiting"},
             status=409,

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from remediator.core import alerts
 from remediator.core.errors import PayloadError
 from remediator.engine import admitting
-from remediator.web import auth, control, review
+from remediator.web import auth, console, control, review
 from remediator.web.services import SERVICES, Services
 
 log = structlog.get_logger(__name__)
@@ -34,6 +34,8 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/metrics", metrics_endpoint)
     review.add_routes(app)
     control.add_routes(app)
+    if services.settings.console.enabled:
+        console.add_to(app, services)
     return app
 
 

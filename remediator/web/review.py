@@ -6,7 +6,7 @@ query parameter. Protected by the API token (which falls back to the webhook tok
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -49,7 +49,9 @@ def _guarded(handler: Handler) -> Handler:
     return guarded
 
 
-def parse_filter(query: dict[str, str] | web.Request) -> tuple[RunFilter, int, str | None]:
+def parse_filter(
+    query: Mapping[str, str] | web.Request, *, default_limit: int | None = None
+) -> tuple[RunFilter, int, str | None]:
     params = query.query if isinstance(query, web.Request) else query
     allowed = {
         "since",
@@ -82,7 +84,7 @@ def parse_filter(query: dict[str, str] | web.Request) -> tuple[RunFilter, int, s
         return value
 
     try:
-        limit = int(params.get("limit", "50"))
+        limit = int(params.get("limit", str(default_limit or 50)))
     except ValueError as e:
         raise BadQueryError("limit", "limit must be an integer") from e
     if not 1 <= limit <= MAX_LIMIT:
@@ -99,7 +101,7 @@ def parse_filter(query: dict[str, str] | web.Request) -> tuple[RunFilter, int, s
     return flt, limit, text("cursor")
 
 
-def _store_refusal(error: ValueError | InvalidInputError) -> BadQueryError:
+def store_refusal(error: ValueError | InvalidInputError) -> BadQueryError:
     # The store refuses a cursor it did not issue with InvalidInputError naming the param;
     # left uncaught, that was a 500 for what is the client's mistake.
     if isinstance(error, InvalidInputError) and error.problems:
@@ -108,17 +110,29 @@ def _store_refusal(error: ValueError | InvalidInputError) -> BadQueryError:
     return BadQueryError("cursor", str(error))
 
 
+async def fetch_page(
+    params: Mapping[str, str] | web.Request,
+    fetch: Callable[..., Awaitable[Page[T]]],
+    *,
+    default_limit: int | None = None,
+) -> tuple[RunFilter, Page[T]]:
+    """One page of a filtered listing (the API's and the console's): the query validated and
+    the store's refusals raised as :class:`BadQueryError`."""
+    flt, limit, cursor = parse_filter(params, default_limit=default_limit)
+    try:
+        page = await fetch(flt, limit=limit, cursor=cursor)
+    except (ValueError, InvalidInputError) as e:
+        raise store_refusal(e) from e
+    return flt, page
+
+
 async def _page(
     request: web.Request,
     fetch: Callable[..., Awaitable[Page[T]]],
     to_json: Callable[[T], dict[str, Any]],
 ) -> web.Response:
-    """One page of a filtered listing: query validated, store refusals turned into 400s."""
-    flt, limit, cursor = parse_filter(request)
-    try:
-        page = await fetch(flt, limit=limit, cursor=cursor)
-    except (ValueError, InvalidInputError) as e:
-        raise _store_refusal(e) from e
+    """One page of a filtered listing, as JSON."""
+    _, page = await fetch_page(request, fetch)
     return web.json_response(
         {"items": [to_json(item) for item in page.items], "next_cursor": page.next_cursor}
     )

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from remediator.adapters import metrics, state
 from remediator.config import Settings
-from remediator.engine import admitting, envelope
+from remediator.engine import admitting, envelope, watching
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,6 +26,10 @@ class Services:
     approvals: envelope.Approvals
     refresh_safety: Callable[[], Awaitable[None]]
     """Bring the safety gauges up to date right after an operator changed something."""
+    viewer_token: str | None = None
+    """Console logins with this token may only read."""
+    store_directory: watching.StoreDirectory | None = None
+    """The discovered stores, when discovery runs (the console's Stores page)."""
 
 
 SERVICES = web.AppKey("services", Services)

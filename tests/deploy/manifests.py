@@ -144,9 +144,9 @@ def chart_default_config() -> Doc:
 
 
 @functools.cache
-def kustomize_text() -> str:
+def kustomize_text(directory: Path = KUSTOMIZE_BASE) -> str:
     done = subprocess.run(
-        ["kubectl", "kustomize", str(KUSTOMIZE_BASE)],
+        ["kubectl", "kustomize", str(directory)],
         capture_output=True,
         text=True,
         check=False,
@@ -156,8 +156,8 @@ def kustomize_text() -> str:
     return done.stdout
 
 
-def kustomize_docs() -> list[Doc]:
-    return [d for d in yaml.safe_load_all(kustomize_text()) if d is not None]
+def kustomize_docs(directory: Path = KUSTOMIZE_BASE) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(kustomize_text(directory)) if d is not None]
 
 
 def find(docs: list[Doc], kind: str, name_suffix: str = "") -> Doc:

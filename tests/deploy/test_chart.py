@@ -34,6 +34,7 @@ UNSUPPORTED_CONFIG = {
     # never runs without authentication.
     "auth.token_env",
     "auth.api_token_env",
+    "auth.viewer_token_env",
     "auth.insecure_no_auth",
     "provisioner.token_env",
     "state.password_env",
@@ -194,7 +195,9 @@ def test_optional_token_files_are_mounted() -> None:
     assert set(secret["data"]) == {
         Path(managed["auth"]["token_file"]).name,
         Path(managed["auth"]["api_token_file"]).name,
+        Path(managed["auth"]["viewer_token_file"]).name,
     }
+    assert str(Path(managed["auth"]["viewer_token_file"]).parent) == mounts["token"]
 
 
 # config.yaml

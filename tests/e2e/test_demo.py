@@ -3,6 +3,7 @@ not the repository, its output read for every live stage, the audit trail and th
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -180,6 +182,20 @@ def test_without_monitoring_the_demo_says_so_and_still_closes_the_loop(
     assert [u for u in urls(out) if not refused(u)] == []
 
 
+def log_in(address: str, token: str) -> int:
+    """POST the console's login form; its status (303 and a session cookie when accepted)."""
+    connection = http.client.HTTPConnection(address, timeout=10)
+    try:
+        body = urllib.parse.urlencode({"name": "demo", "token": token})
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        connection.request("POST", "/ui/login", body=body, headers=headers)
+        response = connection.getresponse()
+        assert "remediator_session=" in (response.getheader("Set-Cookie") or "")
+        return response.status
+    finally:
+        connection.close()
+
+
 @pytest.mark.timeout(120)
 def test_keep_runs_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
     require_binaries()
@@ -197,6 +213,13 @@ def test_keep_runs_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
             break
     out = "".join(lines)
     assert "--keep: everything keeps running" in out, out
+    console = re.search(
+        r"^console http://([\d.]+:\d+)/ui/ : log in with any name and the token (\S+)$",
+        out,
+        re.M,
+    )
+    assert console is not None, out
+    assert log_in(console.group(1), console.group(2)) == 303
     started_urls = urls(out)
     assert all(not refused(u) for u in started_urls), "something stopped before Ctrl-C"
 

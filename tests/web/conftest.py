@@ -137,6 +137,7 @@ class Engine:
         session: aiohttp.ClientSession,
         webhook_token: str | None,
         api_token: str | None,
+        viewer_token: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -159,7 +160,7 @@ class Engine:
             metrics=self.metrics,
             store=store,
             resources=registry.Resources(settings=settings, http=session),
-            tokens=running.Tokens(webhook=webhook_token, api=api_token),
+            tokens=running.Tokens(webhook=webhook_token, api=api_token, viewer=viewer_token),
             ready=lambda: self.ready,
             clock=clock,
             wrap_execute=self._gated,
@@ -221,6 +222,7 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[MakeEngine]:
             max_body_bytes: int = 64 * 1024,
             webhook_token: str | None = WEBHOOK_TOKEN,
             api_token: str | None = API_TOKEN,
+            viewer_token: str | None = None,
         ) -> Engine:
             settings = Settings(
                 server=ServerSettings(max_body_bytes=max_body_bytes, retry_after=7),
@@ -241,6 +243,7 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[MakeEngine]:
                 session=session,
                 webhook_token=webhook_token,
                 api_token=api_token,
+                viewer_token=viewer_token,
             )
             built.append(engine)
             return engine

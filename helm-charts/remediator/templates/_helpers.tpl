@@ -49,6 +49,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else if .Values.auth.apiToken }}true{{ end }}
 {{- end }}
 
+{{- define "remediator.hasViewerToken" -}}
+{{- if .Values.auth.existingSecret }}
+{{- if .Values.auth.existingSecretHasViewerToken }}true{{ end }}
+{{- else if .Values.auth.viewerToken }}true{{ end }}
+{{- end }}
+
 {{- define "remediator.playbooksConfigMapName" -}}
 {{- default (printf "%s-playbooks" (include "remediator.fullname" .)) .Values.playbooks.existingConfigMap }}
 {{- end }}
@@ -73,6 +79,9 @@ auth:
   token_file: /var/run/secrets/remediator/token
   {{- if include "remediator.hasApiToken" . }}
   api_token_file: /var/run/secrets/remediator/api-token
+  {{- end }}
+  {{- if include "remediator.hasViewerToken" . }}
+  viewer_token_file: /var/run/secrets/remediator/viewer-token
   {{- end }}
 playbooks:
   directory: /etc/remediator/playbooks

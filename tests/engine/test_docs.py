@@ -76,6 +76,13 @@ def test_every_step_key_is_documented() -> None:
     assert "`expect`" in TEXT
 
 
+def test_every_choose_key_is_documented() -> None:
+    choose = schema.playbook_schema()["$defs"]["choose_step"]["properties"]
+
+    for key in choose:
+        assert re.search(rf"^\| `{key}` \|", TEXT, re.MULTILINE), f"choose key {key!r}"
+
+
 def test_editor_setup_points_at_the_committed_schema() -> None:
     assert "# yaml-language-server: $schema=../remediator/schemas/playbook.schema.json" in TEXT
     assert (DOCS.parent.parent / "remediator" / "schemas" / "playbook.schema.json").is_file()

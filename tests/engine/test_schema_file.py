@@ -56,7 +56,7 @@ def test_generator_check_passes_on_the_committed_files() -> None:
 def test_schema_names_every_action() -> None:
     committed = json.loads(schemas.SCHEMA_FILE.read_text())
 
-    for definition in ("step", "check"):
+    for definition in ("action_step", "check"):
         names = committed["$defs"][definition]["properties"]["action"]["enum"]
         assert names == registry.builtin().names()
 

@@ -14,6 +14,7 @@ import yaml
 from remediator import schemas
 from remediator.core import schema
 from remediator.engine.actions import registry
+from remediator.simulation import faults
 
 ROOT = pathlib.Path(__file__).parent.parent.parent
 PLAYBOOKS = sorted((ROOT / "playbooks").glob("*.y*ml"))
@@ -45,6 +46,19 @@ def test_committed_schema_is_a_valid_draft_2020_12_schema() -> None:
 
     jsonschema.Draft202012Validator.check_schema(committed)
     assert committed["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_committed_scenario_schema_is_the_generated_one_and_valid() -> None:
+    committed = schemas.SCENARIO_SCHEMA_FILE.read_text()
+
+    assert committed == schemas.render_scenario_schema(sorted(faults.FAULTS)), (
+        "stale: run python -m remediator.schemas"
+    )
+    parsed = json.loads(committed)
+    jsonschema.Draft202012Validator.check_schema(parsed)
+    shipped = jsonschema.Draft202012Validator(parsed)
+    for path in sorted((ROOT / "playbooks" / "tests").glob("*.yaml")):
+        assert messages(shipped, yaml.safe_load(path.read_text())) == [], path.name
 
 
 def test_generator_check_passes_on_the_committed_files() -> None:

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-scale",
         type=float,
         default=core_scenarios.DEFAULT_TIME_SCALE,
-        help="factor applied to the playbooks' timeouts and intervals"
+        help="factor applied to the playbooks' poll intervals and backoffs"
         f" (default {core_scenarios.DEFAULT_TIME_SCALE:g})",
     )
     test.set_defaults(handler=_test)

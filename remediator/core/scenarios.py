@@ -40,9 +40,11 @@ FINISHED = (
     str(RunStatus.INTERRUPTED),
 )
 DEFAULT_TIME_SCALE = 0.01
-"""Playbook durations run 100 times faster in scenarios: a 15 s verify interval takes 150 ms."""
-TIMEOUT_FLOOR = 2.0
-"""Seconds no compressed timeout goes below."""
+"""Playbooks poll 100 times faster in scenarios: a 15 s verify interval takes 150 ms."""
+NOT_RUN = "not_run"
+"""A step the run never reached."""
+TIMEOUT_CAP = 1.0
+"""Seconds no timeout exceeds in a scenario."""
 
 
 # --- the schema ---------------------------------------------------------------------------------
@@ -61,7 +63,10 @@ def scenario_schema(faults: Sequence[str] = ()) -> dict[str, Any]:
     fault_name: dict[str, Any] = {"type": "string", "description": "A fault of the catalogue."}
     if faults:
         fault_name["enum"] = sorted(faults)
-    outcome = {"enum": [str(o) for o in StepOutcome]}
+    outcome = {
+        "enum": [*(str(o) for o in StepOutcome), NOT_RUN],
+        "description": f"An outcome, or {NOT_RUN}: the run ended before the step.",
+    }
     alert: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
@@ -509,7 +514,7 @@ def _compare_runs(
                 got_text = "/".join(run.branches) or "none"
                 differences.append(f"{path}.branch: expected {expected_text}, got {got_text}")
         for step, outcome in want.get("steps", {}).items():
-            actual = run.steps.get(step, "not run")
+            actual = run.steps.get(step, NOT_RUN)
             if actual != outcome:
                 differences.append(f"{path}.steps.{step}: expected {outcome}, got {actual}")
         for key, actual in (
@@ -618,17 +623,18 @@ def coverage(playbook: Playbook, runs: Iterable[ObservedRun]) -> Coverage:
 
 
 def compress_time(
-    playbook: Playbook, scale: float, catalog: ActionCatalog, *, floor: float = TIMEOUT_FLOOR
+    playbook: Playbook, scale: float, catalog: ActionCatalog, *, cap: float = TIMEOUT_CAP
 ) -> Playbook:
-    """``playbook`` with the durations it waits on multiplied by ``scale``: the ``interval``
-    param of polling actions, retry backoffs, the verification interval; and its timeouts
-    (steps, verification, approval) too, but never below ``floor`` seconds, so that a busy
-    machine does not time out a call that takes milliseconds. A one-read wait (``interval``
-    at least its ``timeout``) keeps its interval equal to its timeout: it still reads once.
+    """``playbook`` with what it waits for shortened: the ``interval`` param of polling
+    actions, retry backoffs and the verification interval multiplied by ``scale``; every
+    timeout (steps, checks, verification, approval) cut to at most ``cap`` seconds, long enough
+    for a call that takes milliseconds on a busy machine, short enough that a scenario which
+    waits a deadline out still ends within about a second. A one-read wait (``interval`` at
+    least its ``timeout``) gets an interval equal to its timeout: it still reads once.
     Wall-clock ages such as ``older_than`` and the safety windows are left alone."""
 
     def shorter(seconds: float) -> float:
-        return max(seconds * scale, floor)
+        return min(seconds, cap)
 
     def step(original: Step) -> Step:
         spec = catalog.spec(original.action)

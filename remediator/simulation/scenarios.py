@@ -289,7 +289,7 @@ async def _answer_approvals(approvals: envelope.Approvals, answer: str | None) -
 
 async def _runs(store: state.StateStore) -> list[Any]:
     page = await store.list_runs(RunFilter(), limit=1000)
-    return sorted(page.items, key=lambda r: (r.created_at, r.run_id))
+    return list(page.items)
 
 
 async def _wait(store: state.StateStore, until: str, seen: set[str]) -> None:
@@ -406,12 +406,17 @@ async def _observe(
     writes_start: tuple[int, int],
     messages: list[tuple[str, dict[str, Any]]],
 ) -> scenarios.Observed:
-    observed_runs = []
+    details = []
     for record in await _runs(store):
-        if record.run_id in past:
-            continue
-        detail = await store.get_run(record.run_id)
-        assert detail is not None  # noqa: S101 - listed a moment ago
+        if record.run_id not in past:
+            detail = await store.get_run(record.run_id)
+            assert detail is not None  # noqa: S101 - listed a moment ago
+            details.append(detail)
+    # In the order they were queued: the audit chain's, exact also within one delivery.
+    details.sort(key=lambda d: d.audit[0].seq if d.audit else 0)
+    observed_runs = []
+    for detail in details:
+        record = detail.run
         playbook = playbooks.by_name(record.playbook)
         choose_steps = {s.name for s in playbook.steps if s.choice} if playbook else set()
         branches = tuple(

@@ -187,6 +187,8 @@ def _test(args: argparse.Namespace) -> int:
     # Imported here: the daemon's commands never load the simulation.
     from remediator.simulation import scenarios
 
+    # The engine's and the platform's own log lines would bury the one line per scenario.
+    running.configure_logging(config.LoggingSettings(format="console", level="error"))
     return scenarios.main(
         [Path(p) for p in args.paths],
         playbooks_dir=Path(args.playbooks),

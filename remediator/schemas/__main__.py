@@ -31,7 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         schemas.SCENARIO_SCHEMA_FILE: schemas.render_scenario_schema(sorted(faults.FAULTS)),
     }
     if args.docs.exists():
-        wanted[args.docs] = schemas.update_docs(args.docs.read_text(encoding="utf-8"), actions)
+        catalogue = [
+            schemas.FaultDoc(name=f.name, platform=f.platform, description=f.description, fix=f.fix)
+            for f in faults.FAULTS.values()
+        ]
+        text = schemas.update_docs(args.docs.read_text(encoding="utf-8"), actions)
+        wanted[args.docs] = schemas.update_fault_docs(text, catalogue)
     else:
         print(f"{args.docs}: not found, its action reference is left alone", file=sys.stderr)
     stale = [

@@ -616,8 +616,6 @@ def main(
     if problems:
         return 2
     fast = compressed(playbooks, time_scale)
-    # The engine's and the platform's own log lines would bury the one line per scenario.
-    running.configure_logging(config.LoggingSettings(format="console", level="error"))
     results = asyncio.run(run_all(files, fast, base_config=base_config, out=out))
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed} passed, {failed} failed", file=out)

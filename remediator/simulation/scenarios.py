@@ -21,7 +21,7 @@ import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,7 +35,8 @@ from remediator.adapters import loading, metrics, state
 from remediator.core import alerts, planning, scenarios
 from remediator.core.errors import ConfigError, PlaybookError, Problem
 from remediator.core.playbooks import PlaybookSet
-from remediator.core.runs import AuditKind, RunFilter, RunStatus
+from remediator.core.runs import AuditKind, RunFilter, RunRecord, RunStatus
+from remediator.core.safety import SafetyPolicy
 from remediator.engine import admitting, envelope, reloading
 from remediator.engine.actions import registry
 from remediator.simulation import (
@@ -208,7 +209,10 @@ def notify_targets(playbooks: PlaybookSet) -> list[str]:
 
 def _prepare_platform(sim: platform.SimulatedPlatform, scenario: scenarios.Scenario) -> None:
     for fault, store_id in scenario.faults:
-        sim.inject(fault, store_id)
+        try:
+            sim.inject(fault, store_id)
+        except faults.FaultError as e:
+            raise ScenarioError(f"fault {fault}: {e}") from e
     cluster = sim.cluster
     for store_id, status in scenario.provisioner.items():
         if status == "absent":
@@ -267,8 +271,8 @@ async def _set_safety(
     return past
 
 
-def _policies(playbooks: PlaybookSet) -> Any:
-    def policy(name: str) -> Any:
+def _policies(playbooks: PlaybookSet) -> Callable[[str], SafetyPolicy | None]:
+    def policy(name: str) -> SafetyPolicy | None:
         found = playbooks.by_name(name)
         return found.safety if found is not None else None
 
@@ -287,7 +291,13 @@ async def _answer_approvals(approvals: envelope.Approvals, answer: str | None) -
         await asyncio.sleep(0.002)
 
 
-async def _runs(store: state.StateStore) -> list[Any]:
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _runs(store: state.StateStore) -> list[RunRecord]:
     page = await store.list_runs(RunFilter(), limit=1000)
     return list(page.items)
 
@@ -325,7 +335,10 @@ async def play(
         receiver = await stack.enter_async_context(
             standins.serve_receiver(lambda target, body: messages.append((target, body)))
         )
-        series = SeriesQuery(sim, scenario.series)
+        try:
+            series = SeriesQuery(sim, scenario.series)
+        except promql.PromQLError as e:
+            raise ScenarioError(f"series: {e}") from e
         prometheus_url = await stack.enter_async_context(serve_series(series))
         settings = settings_for(
             base_config,
@@ -359,7 +372,7 @@ async def play(
         approver = asyncio.get_running_loop().create_task(
             _answer_approvals(engine.approvals, scenario.approval)
         )
-        stack.callback(approver.cancel)
+        stack.push_async_callback(_stop, approver)
         try:
             async with asyncio.timeout(DEADLINE):
                 seen = set(past)

@@ -179,3 +179,17 @@ def test_coverage_fails_on_a_branch_no_scenario_takes(tmp_path: Path) -> None:
         "escalate_storage, restart_app, recovered; steps not run: confirm_login, "
         "confirm_storage, restart_app, wait_app, app_ready, escalate"
     )
+
+
+def test_a_scenario_that_cannot_be_played_fails_and_says_why(tmp_path: Path) -> None:
+    code, out, err = run(
+        tmp_path,
+        GOOD.replace(
+            "faults: [{ fault: db_down, store: s7 }]", "faults: [{ fault: db_down, store: s8 }]"
+        ),
+    )
+
+    assert (code, err) == (1, "")
+    assert out.splitlines()[1].strip() == (
+        "could not play: fault db_down: store 's8' has no active namespace store-s8"
+    )

@@ -284,8 +284,6 @@ class Scenario:
     approval: str | None = None
     alerts: tuple[Arrival, ...] = ()
     expect: Mapping[str, Any] = field(default_factory=dict)
-    lines: Mapping[str, int] = field(default_factory=dict)
-    """Expectation key (``runs[0].branch``) → its line, to point a failure at the file."""
 
     @property
     def where(self) -> str:
@@ -400,12 +398,6 @@ def _parse(doc: parsing.Document) -> ScenarioFile:
     for i, item in enumerate(raw["scenarios"]):
         platform = item.get("platform", {})
         safety = item.get("safety", {})
-        prefix = ("scenarios", i, "expect")
-        lines = {
-            parsing.format_path(path[len(prefix) :]): line
-            for path, line in doc.lines.items()
-            if path[: len(prefix)] == prefix and len(path) > len(prefix)
-        }
         scenarios.append(
             Scenario(
                 name=item["name"],
@@ -428,7 +420,6 @@ def _parse(doc: parsing.Document) -> ScenarioFile:
                 approval=item.get("approval"),
                 alerts=tuple(_arrival(a) for a in item["alerts"]),
                 expect=item["expect"],
-                lines=lines,
             )
         )
     return ScenarioFile(source=doc.source, playbook=raw["playbook"], scenarios=tuple(scenarios))

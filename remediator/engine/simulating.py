@@ -248,7 +248,8 @@ def _choice(phase: Any, step: Any, context: dict[str, Any]) -> dict[str, Any]:
         entry["would"] = f"branch {choosing.choose(step.choice, context)['branch']}"
     except TemplateError as e:
         uses_steps = any("steps." in (case.when or "") for case in step.choice.cases)
-        entry["would"] = f"{entry['params']} ({RUNTIME_NOTE if uses_steps else f'error: {e}'})"
+        why = "picked at run time (its cases read earlier steps' outputs)" if uses_steps else e
+        entry["would"] = f"{entry['params']}; {why}"
     return entry
 
 

@@ -1,4 +1,5 @@
 # The two README commands: `make demo` (the main job) and `make test` (what CI runs).
+# `make lint` also plays the playbooks' scenarios and fails on a branch without one.
 # Both run the idempotent set-up first, so a fresh machine needs nothing else.
 VENV := .venv/bin
 
@@ -19,6 +20,7 @@ lint:
 	$(VENV)/mypy
 	$(VENV)/lint-imports
 	$(VENV)/remediator validate playbooks
+	$(VENV)/remediator test --coverage playbooks/tests
 
 unit: setup
 	$(VENV)/pytest -q -m "not e2e"

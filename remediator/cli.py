@@ -1,4 +1,4 @@
-"""Command line: ``remediator serve | validate | simulate | audit | demo``.
+"""Command line: ``remediator serve | validate | simulate | test | audit | demo``.
 
 Exit codes: 0 success, 1 invalid input or a failed check (problems are printed as
 ``file:line: path: message``), 2 usage errors (argparse).
@@ -22,6 +22,7 @@ import aiohttp
 from remediator import __version__, config, running
 from remediator.adapters import loading, state
 from remediator.core import reporting
+from remediator.core import scenarios as core_scenarios
 from remediator.core.errors import InvalidInputError, RemediatorError
 from remediator.core.runs import AuditRecord, Page, RunFilter
 from remediator.engine import simulating
@@ -114,6 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     audit.set_defaults(handler=_audit)
 
+    test = commands.add_parser(
+        "test",
+        help="run playbook scenarios on the simulated platform; exit 1 on a failure, 2 on a bad"
+        " scenario file",
+    )
+    test.add_argument("paths", nargs="*", default=["playbooks/tests"], metavar="PATH")
+    test.add_argument("--playbooks", default="playbooks", metavar="DIR")
+    test.add_argument("--config", type=Path, help="the daemon's config, for its safety defaults")
+    test.add_argument(
+        "--coverage",
+        action="store_true",
+        help="list the branches and steps no scenario exercised; exit 1 if a branch is untaken",
+    )
+    test.add_argument(
+        "--time-scale",
+        type=float,
+        default=core_scenarios.DEFAULT_TIME_SCALE,
+        help="factor applied to the playbooks' poll intervals and backoffs"
+        f" (default {core_scenarios.DEFAULT_TIME_SCALE:g})",
+    )
+    test.set_defaults(handler=_test)
+
     _add_control_commands(commands)
 
     demo = commands.add_parser(
@@ -163,6 +186,23 @@ def _validate(args: argparse.Namespace) -> int:
     playbooks = loading.load_playbooks(args.paths, registry.builtin(), defaults=defaults)
     print(f"{len(playbooks.playbooks)} playbooks in {len(files)} files: OK")
     return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    # Imported here: the daemon's commands never load the simulation.
+    from remediator.simulation import scenarios
+
+    # The engine's and the platform's own log lines would bury the one line per scenario.
+    running.configure_logging(config.LoggingSettings(format="console", level="error"))
+    return scenarios.main(
+        [Path(p) for p in args.paths],
+        playbooks_dir=Path(args.playbooks),
+        config_path=args.config,
+        coverage=args.coverage,
+        time_scale=args.time_scale,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:

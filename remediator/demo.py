@@ -38,6 +38,7 @@ import structlog
 
 from remediator import config, running
 from remediator.adapters import prometheus
+from remediator.core.playbooks import CHOOSE
 from remediator.simulation import closedloop, monitoring, standins
 
 NO_MONITORING_ENV = "REMEDIATOR_DEMO_NO_MONITORING"
@@ -264,8 +265,8 @@ class Story:
             return
         output = details.get("output") or {}
         note = ""
-        if isinstance(output.get("fields"), dict) and "branch" in output["fields"]:
-            note = f"branch {output['fields']['branch']}"
+        if details.get("action") == CHOOSE and output.get("branch"):
+            note = f"branch {output['branch']}"
         elif output.get("summary"):
             note = str(output["summary"])
         if record["reason"]:

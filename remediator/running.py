@@ -17,7 +17,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -210,6 +210,51 @@ def build_engine(
     )
 
 
+@contextlib.asynccontextmanager
+async def open_clients(
+    settings: Settings,
+) -> AsyncIterator[tuple[aiohttp.ClientSession, kubernetes.KubeClient | None]]:
+    """The HTTP session and the cluster client (None without one), closed on exit."""
+    async with contextlib.AsyncExitStack() as clients:
+        session = await clients.enter_async_context(
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=settings.http.timeout),
+                headers={"User-Agent": f"remediator/{__version__}"},
+            )
+        )
+        kube = None
+        if settings.kubernetes.enabled:
+            kube = await clients.enter_async_context(kubernetes.connect(settings.kubernetes))
+        yield session, kube
+
+
+def build_resources(
+    settings: Settings,
+    tokens: Tokens,
+    session: aiohttp.ClientSession,
+    kube: kubernetes.KubeClient | None,
+) -> registry.Resources:
+    """What actions reach the world through (and the secrets they must never show)."""
+    prom = None
+    if settings.prometheus.url:
+        prom = prometheus.PrometheusClient(
+            session, settings.prometheus.url, timeout=settings.prometheus.timeout
+        )
+    provisioner_token = read_token(settings.provisioner.token_file, settings.provisioner.token_env)
+    return registry.Resources(
+        settings=settings,
+        http=session,
+        prometheus=prom,
+        kube=kube,
+        provisioner_token=provisioner_token,
+        secrets=(
+            *tokens.secrets,
+            *_notify_tokens(settings),
+            *((provisioner_token,) if provisioner_token else ()),
+        ),
+    )
+
+
 @dataclass(kw_only=True)
 class Daemon:
     """A running remediator; ``serve`` builds one, tests can too."""
@@ -247,18 +292,7 @@ class Daemon:
         store = state.open_store(settings.state, on_append=audited)
         await store.open()
         try:
-            async with contextlib.AsyncExitStack() as clients:
-                session = await clients.enter_async_context(
-                    aiohttp.ClientSession(
-                        timeout=aiohttp.ClientTimeout(total=settings.http.timeout),
-                        headers={"User-Agent": f"remediator/{__version__}"},
-                    )
-                )
-                kube = None
-                if settings.kubernetes.enabled:
-                    kube = await clients.enter_async_context(
-                        kubernetes.connect(settings.kubernetes)
-                    )
+            async with open_clients(settings) as (session, kube):
                 return await self._serve(
                     settings, tokens, actions, library, metric_set, store, session, kube
                 )
@@ -276,26 +310,8 @@ class Daemon:
         session: aiohttp.ClientSession,
         kube: kubernetes.KubeClient | None,
     ) -> int:
-        prom = None
-        if settings.prometheus.url:
-            prom = prometheus.PrometheusClient(
-                session, settings.prometheus.url, timeout=settings.prometheus.timeout
-            )
-        provisioner_token = read_token(
-            settings.provisioner.token_file, settings.provisioner.token_env
-        )
-        resources = registry.Resources(
-            settings=settings,
-            http=session,
-            prometheus=prom,
-            kube=kube,
-            provisioner_token=provisioner_token,
-            secrets=(
-                *tokens.secrets,
-                *_notify_tokens(settings),
-                *((provisioner_token,) if provisioner_token else ()),
-            ),
-        )
+        resources = build_resources(settings, tokens, session, kube)
+        provisioner_token = resources.provisioner_token
         monitor = _store_monitor(settings, kube, session, metric_set, provisioner_token)
 
         def known_targets() -> int | None:

@@ -19,7 +19,16 @@ import yaml
 from remediator.core import durations, matching, safety, scope
 from remediator.core.alerts import AlertStatus
 from remediator.core.errors import Problem
-from remediator.core.playbooks import Playbook, RetryPolicy, Step, Trigger, Verification
+from remediator.core.playbooks import (
+    CHOOSE,
+    Case,
+    Choice,
+    Playbook,
+    RetryPolicy,
+    Step,
+    Trigger,
+    Verification,
+)
 
 Path = tuple[str | int, ...]
 DEFAULT_STEP_TIMEOUT = 30.0
@@ -225,12 +234,21 @@ def template_sources(raw: Mapping[str, Any]) -> list[str]:
 
 def _parse_step(raw: Mapping[str, Any]) -> Step:
     retry = raw.get("retry", {})
+    cases = raw.get("choose")
+    on_branch = raw.get("on_branch", ())
     return Step(
         name=raw["name"],
-        action=raw["action"],
+        action=raw.get("action", CHOOSE),
         params=_freeze(raw.get("params", {})),
         when=raw.get("when"),
         expect=raw.get("expect"),
+        choice=None
+        if cases is None
+        else Choice(
+            cases=tuple(Case(branch=c["branch"], when=c.get("when")) for c in cases),
+            default=raw.get("default"),
+        ),
+        on_branch=(on_branch,) if isinstance(on_branch, str) else tuple(on_branch),
         timeout=durations.parse_duration(raw.get("timeout", DEFAULT_STEP_TIMEOUT)),
         retry=RetryPolicy(
             attempts=retry.get("attempts", 1),

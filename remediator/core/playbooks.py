@@ -62,10 +62,40 @@ class Phase(enum.StrEnum):
     ON_FAILURE = "on_failure"
 
 
+CHOOSE = "choose"
+"""The ``action`` of a ``choose`` step in records and metrics (no registered action has it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Case:
+    """One case of a ``choose`` step: the branch it picks when ``when`` holds."""
+
+    branch: str
+    when: str | None = None
+    """An expression; None: the case always holds (every later case is unreachable)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Choice:
+    """A ``choose`` step's cases, tried in order; the first that holds names the branch."""
+
+    cases: tuple[Case, ...]
+    default: str | None = None
+    """The branch when no case holds (validation ensures one always does, or this is set)."""
+
+    def branches(self) -> tuple[str, ...]:
+        """Every branch it can produce, in order of first appearance."""
+        names = [case.branch for case in self.cases]
+        if self.default is not None:
+            names.append(self.default)
+        return tuple(dict.fromkeys(names))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
     name: str
     action: str
+    """The registered action; `CHOOSE` for a ``choose`` step, which has `choice` instead."""
     params: Mapping[str, Any] = field(default_factory=dict)
     """Raw params; any string inside may be a template."""
     when: str | None = None
@@ -74,6 +104,10 @@ class Step:
     retry: RetryPolicy = RetryPolicy()
     expect: str | None = None
     """Verify checks only: an expression over ``output`` that must be true."""
+    choice: Choice | None = None
+    """A ``choose`` step's cases; its output is ``{"branch": NAME, "case": INDEX or None}``."""
+    on_branch: tuple[str, ...] = ()
+    """The step runs only when one of these branches was chosen (empty: always)."""
     line: int | None = None
 
 
@@ -112,6 +146,15 @@ class Playbook:
             *((Phase.VERIFY, s) for s in checks),
             *((Phase.ON_FAILURE, s) for s in self.on_failure),
         )
+
+    def branch_owners(self) -> dict[str, str]:
+        """Branch name → the ``choose`` step that can produce it."""
+        return {
+            branch: step.name
+            for step in self.steps
+            if step.choice is not None
+            for branch in step.choice.branches()
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

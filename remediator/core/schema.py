@@ -117,22 +117,37 @@ _SAFETY: dict[str, Any] = {
 }
 
 
+STEP_NAME_PATTERN = r"^[a-z_][a-z0-9_]*$"
+BRANCH_NAME: dict[str, Any] = {
+    "type": "string",
+    "pattern": STEP_NAME_PATTERN,
+    "description": "A branch name, e.g. restart_app.",
+}
+_STEP_NAME: dict[str, Any] = {
+    "type": "string",
+    "pattern": STEP_NAME_PATTERN,
+    "description": "Unique in the playbook; later steps read `steps.<name>.output`.",
+}
+_WHEN: dict[str, Any] = {
+    "type": "string",
+    "description": "Expression (no braces); the step is skipped when false.",
+}
+_ON_BRANCH: dict[str, Any] = {
+    "description": "Run only when a `choose` step picked this branch (or one of these).",
+    "oneOf": [BRANCH_NAME, {"type": "array", "minItems": 1, "items": BRANCH_NAME}],
+}
+
+
 def _step(*, check: bool) -> dict[str, Any]:
     properties: dict[str, Any] = {
-        "name": {
-            "type": "string",
-            "pattern": r"^[a-z_][a-z0-9_]*$",
-            "description": "Unique in the playbook; later steps read `steps.<name>.output`.",
-        },
+        "name": _STEP_NAME,
         "action": {"type": "string", "description": "A registered action, e.g. `log`."},
         "params": {
             "type": "object",
             "description": "The action's params; strings may be templates.",
         },
-        "when": {
-            "type": "string",
-            "description": "Expression (no braces); the step is skipped when false.",
-        },
+        "when": _WHEN,
+        "on_branch": _ON_BRANCH,
         "timeout": {**DURATION, "description": "Per attempt. Default 30s."},
         "retry": _RETRY,
     }
@@ -149,8 +164,45 @@ def _step(*, check: bool) -> dict[str, Any]:
     }
 
 
+_CHOOSE_STEP: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "choose"],
+    "description": "Pick one branch: the first case whose `when` holds, else `default`. "
+    "Later steps run on it with `on_branch`; its output is {branch, case}.",
+    "properties": {
+        "name": _STEP_NAME,
+        "choose": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["branch"],
+                "properties": {
+                    "when": {
+                        "type": "string",
+                        "description": "Expression (no braces); without it the case always "
+                        "holds, and must be the last.",
+                    },
+                    "branch": BRANCH_NAME,
+                },
+            },
+        },
+        "default": {**BRANCH_NAME, "description": "The branch when no case holds."},
+        "when": _WHEN,
+        "on_branch": _ON_BRANCH,
+    },
+}
+_ANY_STEP: dict[str, Any] = {
+    "if": {"type": "object", "required": ["choose"]},
+    "then": {"$ref": "#/$defs/choose_step"},
+    "else": {"$ref": "#/$defs/action_step"},
+}
+
+
 def playbook_schema(catalog: ActionCatalog | None = None) -> dict[str, Any]:
-    step = _step(check=False)
+    action_step = _step(check=False)
     check = _step(check=True)
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -210,7 +262,7 @@ def playbook_schema(catalog: ActionCatalog | None = None) -> dict[str, Any]:
             "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/step"}},
             "on_failure": {
                 "type": "array",
-                "items": {"$ref": "#/$defs/step"},
+                "items": {"$ref": "#/$defs/action_step"},
                 "description": "Escalation, run when a step fails or verification does not hold.",
             },
             "verify": {
@@ -224,7 +276,13 @@ def playbook_schema(catalog: ActionCatalog | None = None) -> dict[str, Any]:
                 },
             },
         },
-        "$defs": {"step": step, "check": check, "duration": DURATION},
+        "$defs": {
+            "step": _ANY_STEP,
+            "action_step": action_step,
+            "choose_step": _CHOOSE_STEP,
+            "check": check,
+            "duration": DURATION,
+        },
     }
     if catalog is not None:
         _add_action_params(schema, catalog)
@@ -244,7 +302,7 @@ def _add_action_params(schema: dict[str, Any], catalog: ActionCatalog) -> None:
                 "then": {"properties": {"params": described}},
             }
         )
-    for definition in ("step", "check"):
+    for definition in ("action_step", "check"):
         body = schema["$defs"][definition]
         body["properties"]["action"]["enum"] = names
         body["allOf"] = branches

@@ -34,6 +34,7 @@ from typing import Any
 
 import jinja2
 import jinja2.exceptions
+import jinja2.nodes as nodes
 import jinja2.runtime
 import jinja2.sandbox
 
@@ -96,6 +97,25 @@ def check_template(source: str) -> None:
 def check_expression(source: str) -> None:
     """Compile a bare expression; raise :class:`errors.TemplateError` if it is not valid."""
     _expression(source)
+
+
+def always_true(source: str) -> bool:
+    """Whether a bare expression is true whatever the context (``true``, ``1 == 1``): a
+    ``choose`` case with one makes every later case unreachable. Not an expression: False."""
+    try:
+        check_expression(source)
+        parsed = _ENV.parse("{{ (" + source + ") }}")
+    except (errors.TemplateError, jinja2.TemplateError):
+        return False
+    output = parsed.body[0]
+    if not isinstance(output, nodes.Output) or len(output.nodes) != 1:
+        return False
+    try:
+        return bool(output.nodes[0].as_const(nodes.EvalContext(_ENV)))
+    except nodes.Impossible:
+        return False
+    except _EVALUATION_ERRORS:
+        return False
 
 
 def render(source: str, context: Mapping[str, Any]) -> str:

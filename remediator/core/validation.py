@@ -33,7 +33,7 @@ OPAQUE_LABELS = (
 def validate(
     doc: Document, catalog: ActionCatalog, *, defaults: SafetyPolicy = DEFAULT_POLICY
 ) -> list[Problem]:
-    problems = _structural(doc)
+    problems = structural(doc)
     if isinstance(doc.raw, Mapping):
         problems.extend(_semantic(doc, doc.raw, catalog))
         if not problems:
@@ -74,9 +74,13 @@ def load_set(
     return PlaybookSet(playbooks=tuple(playbooks), digest=digest)
 
 
-def _structural(doc: Document) -> list[Problem]:
+def structural(
+    doc: Document, checker: jsonschema.protocols.Validator = _STRUCTURE
+) -> list[Problem]:
+    """What ``checker`` (the playbook schema by default) finds wrong with the document's
+    structure, with the unknown keys' closest known ones suggested."""
     problems: list[Problem] = []
-    for error in _STRUCTURE.iter_errors(doc.raw):
+    for error in checker.iter_errors(doc.raw):
         _report(doc, error, problems)
     return problems
 
@@ -163,6 +167,102 @@ def _semantic(doc: Document, raw: Mapping[str, Any], catalog: ActionCatalog) -> 
                             )
                         )
                     seen.setdefault(name, path)
+    problems.extend(_branches(doc, raw))
+    return problems
+
+
+def _branches(doc: Document, raw: Mapping[str, Any]) -> list[Problem]:
+    """``choose`` steps that cannot always pick a branch or have cases nobody reaches, and
+    ``on_branch`` names no earlier ``choose`` step can produce."""
+    problems: list[Problem] = []
+    owners: dict[str, str] = {}
+    later: dict[str, str] = {}
+    steps = raw.get("steps")
+    if isinstance(steps, list):
+        for step in steps:
+            if isinstance(step, Mapping) and isinstance(step.get("choose"), list):
+                for case in step["choose"]:
+                    if isinstance(case, Mapping) and isinstance(case.get("branch"), str):
+                        later.setdefault(case["branch"], str(step.get("name")))
+                if isinstance(step.get("default"), str):
+                    later.setdefault(step["default"], str(step.get("name")))
+    for phase_path, items in _phases(raw):
+        for i, step in enumerate(items):
+            if not isinstance(step, Mapping):
+                continue
+            path = (*phase_path, i)
+            problems.extend(_on_branch(doc, path, step, owners, later))
+            if phase_path == ("steps",) and isinstance(step.get("choose"), list):
+                problems.extend(_choose(doc, path, step, owners))
+    return problems
+
+
+def _choose(
+    doc: Document, path: tuple[str | int, ...], step: Mapping[str, Any], owners: dict[str, str]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    name = str(step.get("name"))
+    always: int | None = None
+    produced: list[tuple[tuple[str | int, ...], str]] = []
+    for j, case in enumerate(step["choose"]):
+        if not isinstance(case, Mapping):
+            continue
+        here = (*path, "choose", j)
+        if always is not None:
+            problems.append(
+                _problem(doc, here, f"unreachable: case {always} before it always holds")
+            )
+        when = case.get("when")
+        if isinstance(when, str):
+            problems.extend(_template(doc, (*here, "when"), when, expression=True))
+        if always is None and (when is None or templating.always_true(str(when))):
+            always = j
+        if isinstance(case.get("branch"), str):
+            produced.append(((*here, "branch"), case["branch"]))
+    default = step.get("default")
+    if isinstance(default, str):
+        if always is not None:
+            message = f"unreachable: case {always} always holds"
+            problems.append(_problem(doc, (*path, "default"), message))
+        produced.append(((*path, "default"), default))
+    elif always is None:
+        problems.append(
+            _problem(
+                doc,
+                (*path, "choose"),
+                "no case always holds: add `default: <branch>` for when none does",
+            )
+        )
+    for where, branch in produced:
+        owner = owners.setdefault(branch, name)
+        if owner != name:
+            problems.append(
+                _problem(doc, where, f"branch {branch!r} is already chosen by step {owner!r}")
+            )
+    return problems
+
+
+def _on_branch(
+    doc: Document,
+    path: tuple[str | int, ...],
+    step: Mapping[str, Any],
+    owners: Mapping[str, str],
+    later: Mapping[str, str],
+) -> list[Problem]:
+    wanted = step.get("on_branch")
+    names = [wanted] if isinstance(wanted, str) else wanted if isinstance(wanted, list) else []
+    problems = []
+    for k, branch in enumerate(names):
+        if not isinstance(branch, str) or branch in owners:
+            continue
+        where = (*path, "on_branch") if isinstance(wanted, str) else (*path, "on_branch", k)
+        if branch in later:
+            message = f"branch {branch!r} is chosen only later, by step {later[branch]!r}"
+        else:
+            hint = difflib.get_close_matches(branch, sorted(later), n=1)
+            suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+            message = f"no choose step before it can produce branch {branch!r}{suffix}"
+        problems.append(_problem(doc, where, message))
     return problems
 
 
@@ -254,7 +354,7 @@ def _destructive(
     problems = []
     for phase_path, steps in _phases(raw):
         for i, step in enumerate(steps):
-            spec = catalog.spec(step["action"])
+            spec = catalog.spec(step["action"]) if "action" in step else None
             if spec is not None and _may_destroy(spec, step.get("params", {})):
                 problems.append(
                     _problem(

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from remediator.adapters import metrics, state
-from remediator.core import params, planning, redaction, safety, templating
+from remediator.core import choosing, params, planning, redaction, safety, templating
 from remediator.core.errors import PermanentStepError, StepError, TemplateError, TemporaryStepError
 from remediator.core.playbooks import Phase, Playbook, PlaybookSet, Step
 from remediator.core.runs import (
@@ -273,13 +273,18 @@ class Executor:
         started = self._clock()
         loop = asyncio.get_running_loop()
         begun = loop.time()
-        action = self._registry.get(step.action)
         rendered: Mapping[str, Any] = {}
         with structlog.contextvars.bound_contextvars(step=step.name, action=step.action):
             try:
-                if step.when is not None and not templating.evaluate(step.when, run_state.context):
+                if not choosing.admitted(run_state.playbook, step, run_state.context["steps"]) or (
+                    step.when is not None and not templating.evaluate(step.when, run_state.context)
+                ):
                     result = StepResult(outcome=StepOutcome.SKIPPED)
+                elif step.choice is not None:
+                    picked = choosing.choose(step.choice, run_state.context)
+                    result = StepResult(outcome=StepOutcome.SUCCEEDED, output=picked, attempts=1)
                 else:
+                    action = self._registry.get(step.action)
                     rendered = templating.render_params(dict(step.params), run_state.context)
                     typed = params.build(action.spec.params, rendered)
                     rendered = params.to_json(typed)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from remediator.config import Settings
-from remediator.core import alerts, matching, params, planning, safety, templating
+from remediator.core import alerts, choosing, matching, params, planning, safety, templating
 from remediator.core.alerts import Alert, AlertStatus
 from remediator.core.errors import PermanentStepError, TemplateError
 from remediator.core.playbooks import Phase, Playbook, PlaybookSet, Trigger
@@ -199,6 +199,8 @@ def _step(
             **context,
             "run": {**context["run"], "status": "failed", "error": "<the run's error>"},
         }
+    if step.choice is not None:
+        return _choice(phase, step, context)
     action = actions.get(step.action)
     entry: dict[str, Any] = {
         "phase": str(phase),
@@ -228,6 +230,26 @@ def _step(
     )
     if context["run"]["dry_run"] and mutating and not action.spec.supports_dry_run:
         entry["would"] = f"(dry-run, not executed) {entry['would']}"
+    return entry
+
+
+def _choice(phase: Any, step: Any, context: dict[str, Any]) -> dict[str, Any]:
+    """A ``choose`` step: the branch it would pick, when its cases read only the alert."""
+    entry: dict[str, Any] = {
+        "phase": str(phase),
+        "name": step.name,
+        "action": step.action,
+        "destructive": False,
+        "mutating": False,
+        "when": step.when,
+        "params": "branches: " + ", ".join(step.choice.branches()),
+    }
+    try:
+        entry["would"] = f"branch {choosing.choose(step.choice, context)['branch']}"
+    except TemplateError as e:
+        uses_steps = any("steps." in (case.when or "") for case in step.choice.cases)
+        why = "picked at run time (its cases read earlier steps' outputs)" if uses_steps else e
+        entry["would"] = f"{entry['params']}; {why}"
     return entry
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 from remediator import schemas
 from remediator.engine.actions import registry
+from remediator.simulation import faults
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m remediator.schemas",
-        description="Write the playbook JSON Schema and the action reference of the docs.",
+        description="Write the playbook and scenario JSON Schemas and the action reference of"
+        " the docs.",
     )
     parser.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 if a file is out of date"
@@ -24,9 +26,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     actions = registry.builtin()
-    wanted = {schemas.SCHEMA_FILE: schemas.render_schema(actions)}
+    wanted = {
+        schemas.SCHEMA_FILE: schemas.render_schema(actions),
+        schemas.SCENARIO_SCHEMA_FILE: schemas.render_scenario_schema(sorted(faults.FAULTS)),
+    }
     if args.docs.exists():
-        wanted[args.docs] = schemas.update_docs(args.docs.read_text(encoding="utf-8"), actions)
+        catalogue = [
+            schemas.FaultDoc(name=f.name, platform=f.platform, description=f.description, fix=f.fix)
+            for f in faults.FAULTS.values()
+        ]
+        text = schemas.update_docs(args.docs.read_text(encoding="utf-8"), actions)
+        wanted[args.docs] = schemas.update_fault_docs(text, catalogue)
     else:
         print(f"{args.docs}: not found, its action reference is left alone", file=sys.stderr)
     stale = [

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,17 @@ class PlatformSettings:
     """Where all the servers listen."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ApiRequest:
+    """One write a client sent to the Kubernetes API (anything but GET, HEAD, OPTIONS)."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    status: int
+    """The status the API answered with."""
+
+
 class SimulatedPlatform:
     """A running simulated platform; made by :func:`run`."""
 
@@ -75,6 +86,7 @@ class SimulatedPlatform:
         provisioner_url: str,
         provisioner_token_file: Path,
         changes: _Changes,
+        kube_writes: list[ApiRequest],
     ) -> None:
         self.cluster = cluster
         self.controllers = running
@@ -87,6 +99,9 @@ class SimulatedPlatform:
         """``http://127.0.0.1:PORT``: where every store's host name must be connected to."""
         self.provisioner_url = provisioner_url
         self.provisioner_token_file = provisioner_token_file
+        self.kube_writes = kube_writes
+        """Every write clients (remediator, kubectl) sent over HTTP, in order; the
+        controllers' own changes go to the emulator directly and are not in it."""
         self._changes = changes
 
     @property
@@ -312,8 +327,11 @@ async def _running(
     )
     running = controllers.Controllers(cluster, settings.delays, on_change=changes.notify)
 
+    kube_writes: list[ApiRequest] = []
     async with contextlib.AsyncExitStack() as stack:
-        kube_url = await stack.enter_async_context(kubeapi.serve(emulator, host=settings.host))
+        kube_url = await stack.enter_async_context(
+            _serve_kube(emulator, kube_writes, host=settings.host)
+        )
         kubeconfig = kubeapi.write_kubeconfig(workdir / "kubeconfig", kube_url)
         provisioner_url = await stack.enter_async_context(
             _serve_twin(cluster, changes, host=settings.host)
@@ -340,6 +358,7 @@ async def _running(
             provisioner_url=provisioner_url,
             provisioner_token_file=token_file,
             changes=changes,
+            kube_writes=kube_writes,
         )
 
 
@@ -363,6 +382,35 @@ async def _notifying(emulator: kubeapi.KubeEmulator, changes: _Changes) -> Async
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@contextlib.asynccontextmanager
+async def _serve_kube(
+    emulator: kubeapi.KubeEmulator, writes: list[ApiRequest], *, host: str
+) -> AsyncIterator[str]:
+    """`kubeapi.make_app`, recording every write it answers (its status too: a refused write
+    was still attempted)."""
+
+    @web.middleware
+    async def recording(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.method in _READS:
+            return await handler(request)
+        response = await handler(request)
+        writes.append(
+            ApiRequest(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                status=response.status,
+            )
+        )
+        return response
+
+    app = kubeapi.make_app(emulator)
+    app.middlewares.insert(0, recording)
+    async with serving.serve_app(app, host=host, shutdown_timeout=5.0) as url:
+        yield url
 
 
 @contextlib.asynccontextmanager

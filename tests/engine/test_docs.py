@@ -76,6 +76,35 @@ def test_every_step_key_is_documented() -> None:
     assert "`expect`" in TEXT
 
 
+def test_every_choose_key_is_documented() -> None:
+    choose = schema.playbook_schema()["$defs"]["choose_step"]["properties"]
+
+    for key in choose:
+        assert re.search(rf"^\| `{key}` \|", TEXT, re.MULTILINE), f"choose key {key!r}"
+
+
 def test_editor_setup_points_at_the_committed_schema() -> None:
     assert "# yaml-language-server: $schema=../remediator/schemas/playbook.schema.json" in TEXT
     assert (DOCS.parent.parent / "remediator" / "schemas" / "playbook.schema.json").is_file()
+
+
+def test_every_scenario_key_is_documented() -> None:
+    from remediator.core import scenarios
+
+    top = scenarios.scenario_schema()
+    scenario = top["properties"]["scenarios"]["items"]
+    groups = {
+        "file": top["properties"],
+        "scenario": scenario["properties"],
+        "platform": scenario["properties"]["platform"]["properties"],
+        "alerts": scenario["properties"]["alerts"]["items"]["properties"],
+        "expect": scenario["properties"]["expect"]["properties"],
+    }
+    for group, keys in groups.items():
+        for key in keys:
+            row = rf"^\| (`\w+` / )*`{key}`( / `\w+`)* \|"
+            assert re.search(row, TEXT, re.MULTILINE), f"{group}.{key}"
+    run = scenario["properties"]["expect"]["properties"]["runs"]["items"]["properties"]
+    history = scenario["properties"]["safety"]["properties"]
+    for key in [*run, *history, "history"]:
+        assert f"`{key}`" in TEXT, key

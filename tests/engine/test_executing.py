@@ -139,6 +139,69 @@ async def test_when_false_skips_the_step(engine: Engine) -> None:
     assert [c.params.value for c in engine.recorder.calls] == ["critical"]
 
 
+async def test_a_choose_step_picks_one_branch_and_only_its_steps_run(engine: Engine) -> None:
+    playbooks = engine.playbooks(
+        playbook_yaml(
+            "branching",
+            """
+            steps:
+              - name: decide
+                choose:
+                  - {when: alert.labels.severity == "warning", branch: wait}
+                  - {when: alert.labels.severity == "critical", branch: restart}
+                default: escalate
+              - name: restart
+                action: test.echo
+                on_branch: restart
+                params: {value: "restart after {{ steps.decide.output.branch }}"}
+              - name: wait
+                action: test.echo
+                on_branch: [wait, escalate]
+                params: {value: wait}
+            """,
+        )
+    )
+
+    run_id, status = await run_one(engine, playbooks)
+
+    assert status is RunStatus.SUCCEEDED
+    detail = await engine.detail(run_id)
+    assert [(s.name, s.action, s.outcome) for s in detail.steps] == [
+        ("decide", "choose", StepOutcome.SUCCEEDED),
+        ("restart", "test.echo", StepOutcome.SUCCEEDED),
+        ("wait", "test.echo", StepOutcome.SKIPPED),
+    ]
+    assert dict(detail.steps[0].output) == {"branch": "restart", "case": 1}
+    assert [c.params.value for c in engine.recorder.calls] == ["restart after restart"]
+
+
+async def test_a_choose_case_that_cannot_be_evaluated_fails_the_run(engine: Engine) -> None:
+    playbooks = engine.playbooks(
+        playbook_yaml(
+            "broken-choice",
+            """
+            steps:
+              - name: decide
+                choose:
+                  - {when: alert.labels.no_such_label == "x", branch: restart}
+                default: escalate
+              - name: escalate
+                action: test.echo
+                on_branch: escalate
+                params: {value: never}
+            """,
+        )
+    )
+
+    run_id, status = await run_one(engine, playbooks)
+
+    assert status is RunStatus.FAILED
+    detail = await engine.detail(run_id)
+    assert [(s.name, s.outcome) for s in detail.steps] == [("decide", StepOutcome.FAILED)]
+    assert "undefined" in (detail.steps[0].error or "")
+    assert engine.recorder.calls == []
+
+
 async def test_temporary_errors_are_retried_until_success(engine: Engine) -> None:
     playbooks = engine.playbooks(
         playbook_yaml(

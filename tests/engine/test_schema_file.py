@@ -14,6 +14,7 @@ import yaml
 from remediator import schemas
 from remediator.core import schema
 from remediator.engine.actions import registry
+from remediator.simulation import faults
 
 ROOT = pathlib.Path(__file__).parent.parent.parent
 PLAYBOOKS = sorted((ROOT / "playbooks").glob("*.y*ml"))
@@ -47,6 +48,19 @@ def test_committed_schema_is_a_valid_draft_2020_12_schema() -> None:
     assert committed["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
 
+def test_committed_scenario_schema_is_the_generated_one_and_valid() -> None:
+    committed = schemas.SCENARIO_SCHEMA_FILE.read_text()
+
+    assert committed == schemas.render_scenario_schema(sorted(faults.FAULTS)), (
+        "stale: run python -m remediator.schemas"
+    )
+    parsed = json.loads(committed)
+    jsonschema.Draft202012Validator.check_schema(parsed)
+    shipped = jsonschema.Draft202012Validator(parsed)
+    for path in sorted((ROOT / "playbooks" / "tests").glob("*.yaml")):
+        assert messages(shipped, yaml.safe_load(path.read_text())) == [], path.name
+
+
 def test_generator_check_passes_on_the_committed_files() -> None:
     from remediator.schemas import __main__ as generator
 
@@ -56,7 +70,7 @@ def test_generator_check_passes_on_the_committed_files() -> None:
 def test_schema_names_every_action() -> None:
     committed = json.loads(schemas.SCHEMA_FILE.read_text())
 
-    for definition in ("step", "check"):
+    for definition in ("action_step", "check"):
         names = committed["$defs"][definition]["properties"]["action"]["enum"]
         assert names == registry.builtin().names()
 

@@ -272,3 +272,37 @@ def test_the_printed_report_names_decisions_and_reasons(playbooks: PlaybookSet) 
     assert "restart: http.request [mutating]" in text
     assert "POST http://stores.internal/restart/s1" in text
     assert 'not matched: pod-crash: alertname="KubePodCrashLooping" does not hold' in text
+
+
+def test_a_choose_step_shows_its_branch_when_its_cases_read_only_the_alert() -> None:
+    deciding = playbook_yaml(
+        "deciding",
+        """
+        steps:
+          - name: decide
+            choose:
+              - {when: alert.labels.severity == "warning", branch: wait}
+              - {when: alert.labels.severity == "critical", branch: restart}
+            default: escalate
+          - name: later
+            choose:
+              - {when: steps.decide.output.branch == "wait", branch: waited}
+            default: acted
+        """,
+    )
+    report = simulating.simulate(
+        load_payload("storedown-firing.json"),
+        playbook_set(ACTIONS, deciding),
+        ACTIONS,
+        settings=Settings(),
+    )
+
+    decide, later = matched(only_alert(report), "deciding")["steps"]
+    assert (decide["action"], decide["mutating"], decide["would"]) == (
+        "choose",
+        False,
+        "branch restart",
+    )
+    assert later["would"] == (
+        "branches: waited, acted; picked at run time (its cases read earlier steps' outputs)"
+    )

@@ -1,4 +1,6 @@
-"""The shipped playbooks (``playbooks/*.yaml``), run end to end by the real daemon.
+"""The shipped playbooks (``playbooks/*.yaml``), run end to end by the real daemon, for what
+a scenario (``playbooks/tests/``, ``remediator test``) cannot express: another config, states
+the simulated platform has no fault for.
 
 Each test seeds one runbook scenario's broken state into a `KubeEmulator` served over HTTP,
 starts the provisioner twin and a notify receiver, runs `running.Daemon` in-process on the
@@ -139,16 +141,6 @@ def store_namespace(store_id: str) -> dict[str, Obj]:
         "tls_secret": objects.secret(f"{app}-tls", ns, data={"tls.crt": "crt", "tls.key": "key"}),
         "helm_record": objects.release_record(ns, ns, revision=1, status="deployed"),
     }
-
-
-def failed_job(name: str, ns: str) -> Obj:
-    return objects.job(name, ns, failed=1, succeeded=0, condition="Failed")
-
-
-def waiting_pod(name: str, ns: str, *, app: str, reason: str, restarts: int = 0) -> Obj:
-    """A pod whose only container waits with ``reason`` (ImagePullBackOff, CrashLoopBackOff…)."""
-    status = objects.container_status("app", waiting=reason, restarts=restarts)
-    return objects.pod(name, ns, labels={"app": app}, statuses=[status], phase="Pending")
 
 
 def platform() -> list[Obj]:
@@ -602,22 +594,9 @@ def step(detail: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(found)
 
 
-def acted(detail: Mapping[str, Any]) -> list[str]:
-    """The steps that were not skipped (what the run actually did)."""
-    return [name for name, outcome in outcomes(detail).items() if outcome != "skipped"]
-
-
-def branch(detail: Mapping[str, Any]) -> str:
-    return str(step(detail, "decide")["output"]["fields"]["branch"])
-
-
 def verification(detail: Mapping[str, Any]) -> dict[str, Any]:
     (record,) = [a for a in detail["audit"] if a["kind"] == "verification_finished"]
     return dict(record)
-
-
-def audit_kinds(detail: Mapping[str, Any]) -> list[str]:
-    return [a["kind"] for a in detail["audit"]]
 
 
 def requests(rig: Rig) -> list[tuple[str, str]]:

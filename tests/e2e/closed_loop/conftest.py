@@ -101,7 +101,7 @@ def steps(detail: Mapping[str, Any], phase: str = "steps") -> dict[str, str]:
 
 def branch(detail: Mapping[str, Any]) -> str:
     (decide,) = [s for s in detail["steps"] if s["name"] == "decide"]
-    return str(decide["output"]["fields"]["branch"])
+    return str(decide["output"]["branch"])
 
 
 def verification(detail: Mapping[str, Any]) -> dict[str, Any]:

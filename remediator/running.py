@@ -250,7 +250,9 @@ class Daemon:
                 kube = None
                 if settings.kubernetes.enabled:
                     kube = await clients.enter_async_context(
-                        kubernetes.connect(settings.kubernetes)
+                        kubernetes.connect(
+                            settings.kubernetes, on_forbidden=metric_set.count_permission_denied
+                        )
                     )
                 return await self._serve(
                     settings, tokens, actions, library, metric_set, store, session, kube

@@ -57,9 +57,13 @@ def lookup(mapping: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def skeleton(text: str, *, keep_conditional: bool = True) -> str:
+def skeleton(
+    text: str, *, keep_conditional: bool = True, chart_values: Mapping[str, Any] | None = None
+) -> str:
     """The template as YAML text, every branch taken (or, with ``keep_conditional=False``, only
-    what is outside any if/range/with block, which for the chart's defaults is what renders)."""
+    what is outside any if/range/with block, which for the chart's defaults is what renders).
+    Plain values come from ``chart_values`` (default: the remediator chart's values.yaml)."""
+    substitute = functools.partial(_substitute, chart_values=chart_values)
     text = COMMENT.sub("", text)
     out: list[str] = []
     depth = 0
@@ -70,17 +74,19 @@ def skeleton(text: str, *, keep_conditional: bool = True) -> str:
             depth += opened - closed
             continue
         if keep_conditional or depth == 0:
-            out.append(ACTION.sub(_substitute, line))
+            out.append(ACTION.sub(substitute, line))
         depth += opened - closed
     return "\n".join(out) + "\n"
 
 
-def _substitute(match: re.Match[str]) -> str:
+def _substitute(match: re.Match[str], *, chart_values: Mapping[str, Any] | None = None) -> str:
     expression = match.group(1)
     plain = PLAIN_VALUE.match(expression)
     if plain is not None:
         try:
-            value = lookup(values(), plain.group(1).lstrip("."))
+            value = lookup(
+                values() if chart_values is None else chart_values, plain.group(1).lstrip(".")
+            )
         except KeyError:
             return PLACEHOLDER
         # Unquoted: the action may sit inside a quoted YAML string.

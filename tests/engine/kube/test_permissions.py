@@ -78,25 +78,27 @@ async def test_a_store_with_its_role_binding_is_diagnosed_in_full(
     assert denied(metric_set, "list", "pods") == 0
 
 
-async def test_without_its_role_binding_the_diagnosis_says_what_is_missing(
+async def test_without_its_role_binding_the_diagnosis_fails_saying_what_is_missing(
     emulator: kubeapi.KubeEmulator, remediator_context: ActionContext, metric_set: metrics.Metrics
 ) -> None:
     emulator.seed(objects.healthy_store(NS))
 
-    output = await diagnosis(remediator_context)
+    with pytest.raises(PermanentStepError) as caught:
+        await diagnosis(remediator_context)
 
-    assert output["flags"]["permission_denied"] is True
-    refused = {(d["verb"], d["resource"]) for d in output["permission_denied"]}
-    assert {("list", "pods"), ("list", "jobs.batch"), ("list", "secrets")} <= refused
-    # PVCs are readable cluster-wide (the clean-up of Terminating namespaces needs them).
-    assert ("list", "persistentvolumeclaims") not in refused
-    assert output["summary"].startswith(
-        "permission denied: system:serviceaccount:remediator:remediator may not list "
+    message = str(caught.value)
+    assert message.startswith(
+        "diagnose store-a: permission denied: system:serviceaccount:remediator:remediator may "
+        "not list "
     )
-    assert HINT in output["summary"]
+    assert HINT in message
+    refused = message.partition("; refused: ")[2].split(", ")
+    assert {"list pods", "list jobs.batch", "list secrets"} <= set(refused)
+    # PVCs and what discovery watches are readable cluster-wide.
+    assert "list persistentvolumeclaims" not in refused
+    assert "list deployments.apps" not in refused
     assert denied(metric_set, "list", "pods") == 1
     assert denied(metric_set, "list", "jobs.batch") == 1
-    # What discovery watches is readable cluster-wide, so listing Deployments worked.
     assert denied(metric_set, "list", "deployments.apps") == 0
 
 
@@ -115,6 +117,8 @@ async def test_a_terminating_store_keeps_its_pvcs_within_reach(
     assert output["flags"]["namespace_terminating"] is True
     assert output["pvcs"] == [{"name": "held", "phase": "Bound"}]
     assert output["flags"]["permission_denied"] is True
+    assert {"verb": "list", "resource": "pods", "namespace": NS} in output["permission_denied"]
+    assert HINT in output["summary"]
 
 
 async def test_a_refused_write_fails_the_step_naming_namespace_and_permission(

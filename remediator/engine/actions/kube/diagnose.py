@@ -5,10 +5,12 @@ their endpoints, ingresses, certificates, Helm records, events, referenced secre
 them down to a bounded, JSON-safe summary plus booleans such as ``flags.image_pull_error`` or
 ``flags.helm_pending``, so playbooks branch on facts instead of parsing text.
 
-A list RBAC refuses (a store namespace without remediator's RoleBinding, or a Terminating one
-whose RoleBinding the namespace controller already deleted) does not fail the diagnosis: it is
-reported in ``permission_denied`` and ``flags.permission_denied``, and the summary says which
-permission is missing where; what could be read is still reported.
+A list RBAC refuses fails the step with a message naming the permission and the namespace
+("no RoleBinding for remediator in store-x?"): flags computed from reads that were refused
+would send a playbook down the wrong branch. Except in a Terminating namespace, whose
+RoleBinding the namespace controller has already deleted with the rest of its contents: there
+the refusals are expected, so they are reported (``permission_denied``, its flag and the
+summary) and what could be read (the namespace, its PVCs) is diagnosed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from remediator.adapters import kubernetes
 from remediator.core import redaction
 from remediator.core.actions import ActionSpec
+from remediator.core.errors import PermanentStepError
 from remediator.engine.actions import helm
 from remediator.engine.actions.kube import bodies, guarding
 from remediator.engine.actions.registry import ActionContext, Output
@@ -98,6 +101,9 @@ class DiagnoseAction:
         with guarding.api_errors(f"diagnose {namespace}"):
             snapshot = await _read(kube, namespace)
             missing = await _missing_secrets(kube, namespace, snapshot.pods)
+        terminating = bodies.text(snapshot.namespace, "status", "phase") == "Terminating"
+        if snapshot.denied and not terminating:
+            raise PermanentStepError(f"diagnose {namespace}: {_refusals(snapshot.denied)}")
         return _report(namespace, snapshot, missing, secrets=context.resources.secrets)
 
     def preview(self, params: DiagnoseParams) -> str:
@@ -431,11 +437,8 @@ def _summary(
     ready = sum(1 for p in pods if p["ready"])
     healthy = ("app_ready", "db_ready")
     raised = [name for name, value in flags.items() if value and name not in healthy]
-    parts = []
-    if denied:
-        # First: every other finding is incomplete without these reads.
-        refused = ", ".join(f"{d.verb} {d.qualified_resource}" for d in denied)
-        parts.append(f"{denied[0].explain()}; refused: {refused}")
+    # First: every other finding is incomplete without these reads.
+    parts = [_refusals(denied)] if denied else []
     parts += [
         f"{ready}/{len(pods)} pods ready",
         f"app {'ready' if flags['app_ready'] else 'not ready'}",
@@ -445,3 +448,8 @@ def _summary(
         parts.append(f"helm {release['release']} v{release['revision']} {release['status']}")
     parts.append(f"problems: {', '.join(raised)}" if raised else "no problems found")
     return "; ".join(parts)
+
+
+def _refusals(denied: Sequence[kubernetes.Denial]) -> str:
+    refused = ", ".join(f"{d.verb} {d.qualified_resource}" for d in denied)
+    return f"{denied[0].explain()}; refused: {refused}"

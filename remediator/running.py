@@ -213,6 +213,8 @@ def build_engine(
 @contextlib.asynccontextmanager
 async def open_clients(
     settings: Settings,
+    *,
+    on_forbidden: Callable[[kubernetes.KubeForbiddenError], None] | None = None,
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, kubernetes.KubeClient | None]]:
     """The HTTP session and the cluster client (None without one), closed on exit."""
     async with contextlib.AsyncExitStack() as clients:
@@ -224,7 +226,9 @@ async def open_clients(
         )
         kube = None
         if settings.kubernetes.enabled:
-            kube = await clients.enter_async_context(kubernetes.connect(settings.kubernetes))
+            kube = await clients.enter_async_context(
+                kubernetes.connect(settings.kubernetes, on_forbidden=on_forbidden)
+            )
         yield session, kube
 
 
@@ -292,7 +296,9 @@ class Daemon:
         store = state.open_store(settings.state, on_append=audited)
         await store.open()
         try:
-            async with open_clients(settings) as (session, kube):
+            async with open_clients(
+                settings, on_forbidden=metric_set.count_permission_denied
+            ) as (session, kube):
                 return await self._serve(
                     settings, tokens, actions, library, metric_set, store, session, kube
                 )

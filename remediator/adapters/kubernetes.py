@@ -17,7 +17,8 @@ import dataclasses
 import enum
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -48,6 +49,8 @@ MAX_WATCH_LINE = 16 * 1024 * 1024
 _JSON_RESPONSES = {200: "object", 201: "object", 202: "object"}
 _AUTH = ["BearerToken"]
 IN_CLUSTER = "in-cluster"
+ForbiddenHook = Callable[[str | None, str | None], None]
+"""Called with the (verb, resource) of each 403, None where the API server named none."""
 
 
 class PatchType(enum.StrEnum):
@@ -157,8 +160,82 @@ class KubeConflictError(KubeError):
     """409: a stale resourceVersion, or the object already exists."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Denial:
+    """What RBAC refused, read off the API server's 403 message (``responsewriters.Forbidden``:
+    ``User "U" cannot VERB resource "R" in API group "G" in the namespace "N"``)."""
+
+    user: str
+    verb: str
+    resource: str
+    """The plural, with ``/subresource`` if any."""
+    api_group: str
+    namespace: str | None
+    """None at the cluster scope."""
+
+    @property
+    def qualified_resource(self) -> str:
+        return f"{self.resource}.{self.api_group}" if self.api_group else self.resource
+
+    @property
+    def account(self) -> str:
+        """The service account's name (``remediator``), or the user as it is."""
+        if self.user.startswith("system:serviceaccount:"):
+            return self.user.rpartition(":")[2]
+        return self.user
+
+    def explain(self) -> str:
+        """One sentence an operator can act on: which permission, where, and the likely fix."""
+        what = f"{self.user} may not {self.verb} {self.qualified_resource}"
+        if self.namespace:
+            return (
+                f"permission denied: {what} in namespace {self.namespace}: no RoleBinding for "
+                f"{self.account} in {self.namespace}? Store namespaces get theirs from "
+                "helm-charts/remediator-store-access (deploy/README.md)"
+            )
+        return (
+            f"permission denied: {what} at the cluster scope: is the ClusterRoleBinding of "
+            "remediator's chart missing or older than this remediator?"
+        )
+
+
+_DENIAL = re.compile(
+    r'User "(?P<user>[^"]*)" cannot (?P<verb>\S+) resource "(?P<resource>[^"]*)" in API group '
+    r'"(?P<group>[^"]*)" (?:in the namespace "(?P<namespace>[^"]*)"|at the cluster scope)'
+)
+
+
+def parse_denial(message: str) -> Denial | None:
+    found = _DENIAL.search(message)
+    if found is None:
+        return None
+    return Denial(
+        user=found["user"],
+        verb=found["verb"],
+        resource=found["resource"],
+        api_group=found["group"],
+        namespace=found["namespace"] or None,
+    )
+
+
 class KubeForbiddenError(KubeError):
-    """401/403: bad credentials or missing RBAC."""
+    """403: RBAC (or an admission policy) refused the request; ``denial`` says what RBAC
+    refused when the API server's message names it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str = "",
+        denial: Denial | None = None,
+    ) -> None:
+        super().__init__(message, status=status, reason=reason)
+        self.denial = denial
+
+
+class KubeUnauthorizedError(KubeForbiddenError):
+    """401: no valid credentials (an expired or revoked token)."""
 
 
 class KubeGoneError(KubeError):
@@ -183,7 +260,9 @@ def _error_class(status: int) -> type[KubeError]:
         return KubeConflictError
     if status == 410:
         return KubeGoneError
-    if status in (401, 403):
+    if status == 401:
+        return KubeUnauthorizedError
+    if status == 403:
         return KubeForbiddenError
     if status in (400, 422):
         return KubeInvalidError
@@ -203,9 +282,12 @@ def _error(what: str, status: int, reason: str | None, body: object) -> KubeErro
         reason = str(decoded.get("reason") or reason or "")
     detail = redaction.truncate(text.strip(), MAX_ERROR) if text.strip() else ""
     message = f"{what}: HTTP {status} {reason or ''}".rstrip()
-    return _error_class(status)(
-        f"{message}: {detail}" if detail else message, status=status, reason=reason or ""
-    )
+    message = f"{message}: {detail}" if detail else message
+    if status == 403:
+        return KubeForbiddenError(
+            message, status=status, reason=reason or "", denial=parse_denial(text)
+        )
+    return _error_class(status)(message, status=status, reason=reason or "")
 
 
 # --- the client -------------------------------------------------------------------------------
@@ -252,18 +334,34 @@ class WatchEvent:
 class KubeClient:
     """Generic operations on JSON objects; one instance per daemon, closed at shutdown."""
 
-    def __init__(self, api: client.ApiClient, *, timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        timeout: float = 15.0,
+        on_forbidden: ForbiddenHook | None = None,
+    ) -> None:
         self._api = api
         self.timeout = timeout
         """Seconds for one HTTP request (each page of a list is one request)."""
+        self._on_forbidden = on_forbidden
+        """Told of every 403's verb and resource (the permission-failure metric), whoever
+        handles the error."""
 
     @classmethod
-    def from_url(cls, url: str, *, token: str | None = None, timeout: float = 15.0) -> KubeClient:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 15.0,
+        on_forbidden: ForbiddenHook | None = None,
+    ) -> KubeClient:
         """A client for a plain URL (tests, the emulator). Call inside a running event loop."""
         configuration = client.Configuration(host=url)
         if token is not None:
             configuration.api_key["BearerToken"] = f"Bearer {token}"
-        return cls(client.ApiClient(configuration), timeout=timeout)
+        return cls(client.ApiClient(configuration), timeout=timeout, on_forbidden=on_forbidden)
 
     async def close(self) -> None:
         await self._api.close()
@@ -389,7 +487,9 @@ class KubeClient:
             raise _unavailable(what, e) from e
         try:
             if response.status != 200:
-                raise _error(what, response.status, response.reason, await response.read())
+                raise self._failed(
+                    _error(what, response.status, response.reason, await response.read())
+                )
             async for line in _lines(response.content, what):
                 event = _watch_event(what, line)
                 if event is not None:
@@ -527,7 +627,7 @@ class KubeClient:
         except (TimeoutError, aiohttp.ClientError) as e:
             raise _unavailable(what, e) from e
         if not 200 <= status < 300:
-            raise _error(what, status, reason, raw)
+            raise self._failed(_error(what, status, reason, raw))
         return raw.decode("utf-8", errors="replace")
 
     async def finalize_namespace(
@@ -570,12 +670,28 @@ class KubeClient:
         except ApiException as e:
             if e.status in (None, 0):  # raised before any request was sent
                 raise KubeError(f"{what}: {e.reason}") from e
-            raise _error(what, e.status, e.reason, e.body) from e
+            raise self._failed(_error(what, e.status, e.reason, e.body)) from e
         except (TimeoutError, aiohttp.ClientError) as e:
             raise _unavailable(what, e) from e
         if not isinstance(result, dict):
             raise KubeError(f"{what}: expected a JSON object, got {type(result).__name__}")
         return result
+
+    def _failed(self, error: KubeError) -> KubeError:
+        if isinstance(error, KubeForbiddenError) and not isinstance(error, KubeUnauthorizedError):
+            denial = error.denial
+            log.warning(
+                "kubernetes_permission_denied",
+                verb=denial.verb if denial else None,
+                resource=denial.qualified_resource if denial else None,
+                namespace=denial.namespace if denial else None,
+                error=str(error),
+            )
+            if self._on_forbidden is not None:
+                self._on_forbidden(
+                    denial.verb if denial else None, denial.qualified_resource if denial else None
+                )
+        return error
 
 
 def _collection_path(
@@ -662,7 +778,10 @@ def _scale(obj: Mapping[str, Any]) -> Scale:
 
 @contextlib.asynccontextmanager
 async def connect(
-    settings: KubernetesSettings, *, environ: Mapping[str, str] | None = None
+    settings: KubernetesSettings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    on_forbidden: ForbiddenHook | None = None,
 ) -> AsyncIterator[KubeClient | None]:
     """A client for the configured cluster, closed on exit; None when there is no cluster.
 
@@ -682,7 +801,8 @@ async def connect(
         yield None
         return
     log.info("kubernetes_configured", source=source, host=configuration.host)
-    async with KubeClient(client.ApiClient(configuration), timeout=settings.timeout) as kube:
+    api = client.ApiClient(configuration)
+    async with KubeClient(api, timeout=settings.timeout, on_forbidden=on_forbidden) as kube:
         yield kube
 
 

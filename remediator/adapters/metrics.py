@@ -130,6 +130,14 @@ class Metrics:
             ["kind", "outcome"],
             registry=registry,
         )
+        self.kube_permission_denied = Counter(
+            "remediator_kubernetes_permission_denied",
+            "Kubernetes API requests refused with 403 (missing RBAC, e.g. a store namespace "
+            'without its RoleBinding), by verb and resource ("unknown" when the API server did '
+            "not name them).",
+            ["verb", "resource"],
+            registry=registry,
+        )
         self.audit_head = Gauge(
             "remediator_audit_head_seq",
             "Sequence number of the newest audit record; it never goes down unless records "
@@ -147,6 +155,12 @@ class Metrics:
             self.webhook_requests.labels(code=code)
         for status in ("firing", "resolved"):
             self.alerts_received.labels(status=status)
+
+    def count_permission_denied(self, verb: str | None, resource: str | None) -> None:
+        """One 403; label values are what remediator asks for, so they stay bounded."""
+        self.kube_permission_denied.labels(
+            verb=verb or "unknown", resource=resource or "unknown"
+        ).inc()
 
     def know_playbooks(self, names: Iterable[str]) -> None:
         """Create each playbook's run series at 0 (after every load and reload)."""

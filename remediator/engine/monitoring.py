@@ -117,6 +117,12 @@ async def check_provisioning(
                     namespace=namespace,
                     label_selector=f"owner=helm,name={target.release}",
                 )
+            except kubernetes.KubeForbiddenError as e:
+                hint = e.denial.explain() if e.denial is not None else None
+                log.error(
+                    "store_check_forbidden", store_id=target.ref.store_id, hint=hint, error=str(e)
+                )
+                return
             except kubernetes.KubeError as e:
                 log.warning("store_check_failed", store_id=target.ref.store_id, error=str(e))
                 return

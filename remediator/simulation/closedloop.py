@@ -43,11 +43,11 @@ import yaml
 
 from remediator import config, running
 from remediator.adapters import prometheus
-from remediator.simulation import controllers, monitoring, platform, standins
+from remediator.simulation import controllers, monitoring, platform, repository, standins
 
 T = TypeVar("T")
 
-PACKAGE_REPOSITORY = Path(__file__).resolve().parents[2]
+PACKAGE_REPOSITORY = repository.PACKAGE_REPOSITORY
 """The checkout this package runs from (an editable install), holding playbooks/ and alerts/."""
 RULES_FILE = "stores.rules.yml"
 LOOP_DELAYS = controllers.ControllerSettings(
@@ -94,14 +94,10 @@ class LoopSettings:
 def find_directory(name: str) -> Path:
     """``playbooks`` or ``alerts``: next to the package when it runs from a checkout (so the
     playbooks match the code), else in the current directory."""
-    for base in (PACKAGE_REPOSITORY, Path.cwd()):
-        candidate = base / name
-        if candidate.is_dir():
-            return candidate
-    raise ClosedLoopError(
-        f"no {name}/ directory in {PACKAGE_REPOSITORY} or {Path.cwd()};"
-        " run from the repository root"
-    )
+    try:
+        return repository.find_directory(name)
+    except repository.MissingDirectoryError as e:
+        raise ClosedLoopError(str(e)) from None
 
 
 _PHASE_THRESHOLD = re.compile(r"(>\s*)600\b")

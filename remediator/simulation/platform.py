@@ -8,9 +8,11 @@
         await sim.wait_healthy("s1", timeout=10)
 
 `run` starts, all on 127.0.0.1: the in-memory Kubernetes API seeded with the platform and the
-stores (and a kubeconfig for it), the controllers that make it behave like a cluster, the
-provisioner twin behind a bearer token (token file in ``workdir``), and one storefront server
-answering for every store by Host header. Everything it starts, it stops.
+stores, remediator's RBAC exactly as its manifests grant it (`access.install`), a kubeconfig for
+the harness (admin) and one for remediator (its service-account token), the controllers that
+make it behave like a cluster, the provisioner twin behind a bearer token (token file in
+``workdir``), and one storefront server answering for every store by Host header. Everything
+it starts, it stops.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from aiohttp import web
 
 from remediator.core import scope
 from remediator.simulation import (
+    access,
     controllers,
     faults,
     kubeapi,
@@ -82,6 +85,8 @@ class SimulatedPlatform:
         front: storefront.Storefront,
         kube_url: str,
         kubeconfig: Path,
+        remediator_access: access.RemediatorAccess,
+        remediator_kubeconfig: Path,
         storefront_url: str,
         provisioner_url: str,
         provisioner_token_file: Path,
@@ -92,9 +97,13 @@ class SimulatedPlatform:
         self.controllers = running
         self.storefront = front
         self.kube_url = kube_url
-        """Base URL of the Kubernetes API (plain HTTP, no auth)."""
+        """Base URL of the Kubernetes API (plain HTTP; no credentials is the admin)."""
         self.kubeconfig = kubeconfig
-        """A kubeconfig for `kube_url`, for kubectl and remediator's ``kubernetes.kubeconfig``."""
+        """A kubeconfig for `kube_url` as the admin, for kubectl and the harness."""
+        self.remediator_access = remediator_access
+        """remediator's service account and token: the RBAC its manifests grant, no more."""
+        self.remediator_kubeconfig = remediator_kubeconfig
+        """A kubeconfig for `kube_url` with remediator's token (its ``kubernetes.kubeconfig``)."""
         self.storefront_url = storefront_url
         """``http://127.0.0.1:PORT``: where every store's host name must be connected to."""
         self.provisioner_url = provisioner_url
@@ -226,8 +235,9 @@ class SimulatedPlatform:
     # --- remediator's config --------------------------------------------------------------------
 
     def kube_config(self) -> dict[str, Any]:
-        """The ``kubernetes`` settings group pointing remediator at the emulator."""
-        return {"kubeconfig": str(self.kubeconfig)}
+        """The ``kubernetes`` settings group pointing remediator at the emulator, as its
+        service account: the emulator enforces the RBAC of remediator's manifests."""
+        return {"kubeconfig": str(self.remediator_kubeconfig)}
 
     def provisioner_config(self) -> dict[str, Any]:
         """The ``provisioner`` settings group pointing remediator at the twin."""
@@ -318,6 +328,7 @@ async def _running(
     twin = provisioner.ProvisionerTwin(token=token, domain=settings.domain)
     cluster = stores.Cluster(emulator=emulator, twin=twin, domain=settings.domain)
     seed(cluster, store_ids)
+    remediator_access = access.install(emulator)
     controllers.ProvisionerHooks(cluster).attach()
 
     token_file = _write_token(workdir, token)
@@ -333,6 +344,9 @@ async def _running(
             _serve_kube(emulator, kube_writes, host=settings.host)
         )
         kubeconfig = kubeapi.write_kubeconfig(workdir / "kubeconfig", kube_url)
+        remediator_kubeconfig = remediator_access.kubeconfig(
+            workdir / "remediator-kubeconfig", kube_url
+        )
         provisioner_url = await stack.enter_async_context(
             _serve_twin(cluster, changes, host=settings.host)
         )
@@ -354,6 +368,8 @@ async def _running(
             front=front,
             kube_url=kube_url,
             kubeconfig=kubeconfig,
+            remediator_access=remediator_access,
+            remediator_kubeconfig=remediator_kubeconfig,
             storefront_url=storefront_url,
             provisioner_url=provisioner_url,
             provisioner_token_file=token_file,

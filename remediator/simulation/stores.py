@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from remediator.simulation import kubeapi, provisioner
+from remediator.simulation import access, kubeapi, provisioner
 
 Obj = dict[str, Any]
 
@@ -297,6 +297,8 @@ def store_manifests(store_id: str, *, domain: str = DOMAIN) -> list[Obj]:
     host = n.host(domain)
     return [
         namespace(ns, labels={PART_OF: PLATFORM, STORE_ID_LABEL: store_id}),
+        # The store chart includes helm-charts/remediator-store-access: remediator may work here.
+        access.store_role_binding(ns),
         {
             "apiVersion": "v1",
             "kind": "Secret",

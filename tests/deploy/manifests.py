@@ -58,18 +58,21 @@ def lookup(mapping: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def skeleton(text: str, *, keep_conditional: bool = True) -> str:
+def skeleton(
+    text: str, *, keep_conditional: bool = True, chart_values: Mapping[str, Any] | None = None
+) -> str:
     """The template as YAML text, every branch taken (or, with ``keep_conditional=False``, only
     what is outside any block or in the plain ``else`` branch of an ``if``: where a template's
     conditions are all false by default, as in ``remediator.managedConfig``, that is what the
     chart's defaults render)."""
+    substitute = functools.partial(_substitute, chart_values=chart_values)
     text = COMMENT.sub("", text)
     out: list[str] = []
     # One entry per open block: whether its current branch is a plain `else`.
     in_else: list[bool] = []
     for line in text.splitlines():
         if (keep_conditional or all(in_else)) and not ACTIONS_ONLY.match(line):
-            out.append(ACTION.sub(_substitute, line))
+            out.append(ACTION.sub(substitute, line))
         for tag in BLOCK_TAG.findall(line):
             if tag == "end":
                 in_else.pop()
@@ -82,12 +85,14 @@ def skeleton(text: str, *, keep_conditional: bool = True) -> str:
     return "\n".join(out) + "\n"
 
 
-def _substitute(match: re.Match[str]) -> str:
+def _substitute(match: re.Match[str], *, chart_values: Mapping[str, Any] | None = None) -> str:
     expression = match.group(1)
     plain = PLAIN_VALUE.match(expression)
     if plain is not None:
         try:
-            value = lookup(values(), plain.group(1).lstrip("."))
+            value = lookup(
+                values() if chart_values is None else chart_values, plain.group(1).lstrip(".")
+            )
         except KeyError:
             return PLACEHOLDER
         # Unquoted: the action may sit inside a quoted YAML string.

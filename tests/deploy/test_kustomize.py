@@ -13,7 +13,15 @@ from remediator import config
 from tests.deploy import manifests
 
 KUBERNETES_VERSION = "1.30.0"
-CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED_KINDS = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
+PLATFORM_NAMESPACES = ("store-platform", "ingress-nginx")
+"""Where the base binds the actions' ClusterRole besides the stores (rbac.platformNamespaces)."""
 
 
 def docs_by_id() -> dict[str, manifests.Doc]:
@@ -29,9 +37,12 @@ def test_renders_the_expected_objects() -> None:
             "ClusterRole",
             "ClusterRole",
             "ClusterRoleBinding",
-            "ClusterRoleBinding",
             "Role",
             "RoleBinding",
+            "RoleBinding",
+            "RoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ConfigMap",
             "ConfigMap",
             "PersistentVolumeClaim",
@@ -64,9 +75,18 @@ def test_nothing_looks_like_a_store() -> None:
 
 
 def test_everything_namespaced_is_in_the_remediator_namespace() -> None:
+    """Except the RoleBindings that let remediator work in the platform namespaces."""
+    elsewhere = []
     for doc in manifests.kustomize_docs():
-        if doc["kind"] not in CLUSTER_SCOPED_KINDS:
-            assert doc["metadata"].get("namespace") == "remediator", doc["metadata"]["name"]
+        namespace = doc["metadata"].get("namespace")
+        if doc["kind"] in CLUSTER_SCOPED_KINDS:
+            assert namespace is None, doc["metadata"]["name"]
+        elif namespace != "remediator":
+            elsewhere.append((doc["kind"], doc["metadata"]["name"], namespace))
+    assert sorted(elsewhere) == sorted(
+        ("RoleBinding", "remediator-actions", ns) for ns in PLATFORM_NAMESPACES
+    )
+    assert list(PLATFORM_NAMESPACES) == manifests.values()["rbac"]["platformNamespaces"]
 
 
 def test_deployment_runs_remediator_safely() -> None:

@@ -11,10 +11,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+import yaml
 
 from remediator import permissions
 from remediator.core.actions import ActionSpec, Permission, StaticCatalog
 from remediator.engine.actions import registry
+from remediator.simulation import access
 from tests.deploy import manifests, rbac
 
 HINT = "run `python -m tests.deploy.rbac --write` and review the diff"
@@ -99,27 +101,107 @@ def test_kustomize_binds_every_role_to_the_service_account() -> None:
             assert doc["subjects"] == [
                 {"kind": "ServiceAccount", "name": "remediator", "namespace": "remediator"}
             ]
-            bound.add((doc["roleRef"]["kind"], doc["roleRef"]["name"], doc["kind"]))
+            where = doc["metadata"].get("namespace")
+            bound.add((doc["roleRef"]["kind"], doc["roleRef"]["name"], doc["kind"], where))
+    # The actions' rules only per namespace: the platform's here, each store's by its chart.
     assert bound == {
-        ("ClusterRole", "remediator-cluster", "ClusterRoleBinding"),
-        ("ClusterRole", "remediator-actions", "ClusterRoleBinding"),
-        ("Role", "remediator", "RoleBinding"),
+        ("ClusterRole", "remediator-cluster", "ClusterRoleBinding", None),
+        ("ClusterRole", "remediator-actions", "RoleBinding", "store-platform"),
+        ("ClusterRole", "remediator-actions", "RoleBinding", "ingress-nginx"),
+        ("Role", "remediator", "RoleBinding", "remediator"),
     }
     role = manifests.find(docs, "Role")
     assert role["metadata"]["namespace"] == "remediator"
 
 
-def test_chart_binds_the_actions_role_per_namespace_or_cluster_wide() -> None:
+def test_chart_binds_the_actions_role_per_namespace_and_cluster_wide_only_on_request() -> None:
     bindings = [
         (d["kind"], d["roleRef"]["name"])
         for d in chart_rbac_docs()
         if d["kind"] in {"RoleBinding", "ClusterRoleBinding"}
     ]
-    # The skeleton takes both branches of `if .Values.rbac.actionNamespaces`.
+    # The skeleton takes both the range over rbac.platformNamespaces and the opt-in branch.
     assert ("RoleBinding", "TEMPLATED-actions") in bindings
     assert ("ClusterRoleBinding", "TEMPLATED-actions") in bindings
     assert ("ClusterRoleBinding", "TEMPLATED-cluster") in bindings
     assert ("RoleBinding", "TEMPLATED") in bindings
+    rbac_values = manifests.values()["rbac"]
+    assert rbac_values["clusterWideActions"] is False
+    text = (manifests.TEMPLATES / "rbac.yaml").read_text(encoding="utf-8")
+    opt_in = text.index("{{- if .Values.rbac.clusterWideActions }}")
+    assert text.index("kind: ClusterRoleBinding", opt_in) < text.index("{{- end }}", opt_in)
+
+
+def without_labels(doc: manifests.Doc) -> manifests.Doc:
+    metadata = {k: v for k, v in doc["metadata"].items() if k != "labels"}
+    return {**doc, "metadata": metadata}
+
+
+def chart_default_rbac() -> list[manifests.Doc]:
+    """The chart's RBAC as helm renders it for release "remediator" in namespace "remediator"
+    with the default values: the skeleton with the names filled in, the range over
+    rbac.platformNamespaces expanded and the opt-in cluster-wide binding left out."""
+    rendered = []
+    rbac_values = manifests.values()["rbac"]
+    for doc in chart_rbac_docs():
+        text = yaml.safe_dump(without_labels(doc)).replace(manifests.PLACEHOLDER, "remediator")
+        obj = yaml.safe_load(text)
+        if obj["kind"] == "ClusterRoleBinding" and obj["roleRef"]["name"] == "remediator-actions":
+            assert not rbac_values["clusterWideActions"]
+            continue
+        if obj["kind"] == "RoleBinding" and obj["roleRef"]["kind"] == "ClusterRole":
+            for namespace in rbac_values["platformNamespaces"]:
+                rendered.append({**obj, "metadata": {**obj["metadata"], "namespace": namespace}})
+            continue
+        rendered.append(obj)
+    return rendered
+
+
+def identity(doc: manifests.Doc) -> tuple[str, str, str]:
+    metadata = doc["metadata"]
+    return doc["kind"], metadata["name"], metadata.get("namespace") or ""
+
+
+def test_kustomize_rbac_is_the_chart_default_rendering() -> None:
+    """The simulation loads the kustomize base's RBAC into the emulator (`simulation.access`);
+    this is what makes that exactly the chart's."""
+    kustomize = [
+        without_labels(d) for d in manifests.kustomize_docs() if d["kind"] in access.RBAC_KINDS
+    ]
+    assert sorted(kustomize, key=identity) == sorted(chart_default_rbac(), key=identity)
+
+
+def test_the_simulation_loads_the_kustomize_rbac() -> None:
+    loaded = sorted((without_labels(d) for d in access.rbac_manifests()), key=identity)
+    rendered = [
+        without_labels(d) for d in manifests.kustomize_docs() if d["kind"] in access.RBAC_KINDS
+    ]
+    assert loaded == sorted(rendered, key=identity)
+
+
+WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+@pytest.mark.parametrize("source", ["kustomize", "chart"])
+def test_nothing_cluster_wide_reads_secrets_or_writes_inside_namespaces(source: str) -> None:
+    """By default, what a ClusterRoleBinding grants: no Secret, and writes only to Namespaces
+    themselves plus the PVC finalizers of Terminating store namespaces (whose RoleBinding is
+    gone by then); the admission policy keeps even those to store namespaces."""
+    docs = chart_default_rbac() if source == "chart" else manifests.kustomize_docs()
+    cluster_roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    granted: set[rbac.Triple] = set()
+    for doc in docs:
+        if doc["kind"] == "ClusterRoleBinding":
+            granted |= rbac.rule_triples(cluster_roles[doc["roleRef"]["name"]]["rules"])
+    assert not {t for t in granted if t[1].partition("/")[0] == "secrets"}
+    writes = {t for t in granted if t[2] in WRITES}
+    assert writes == {
+        ("", "namespaces", "delete"),
+        ("", "namespaces", "patch"),
+        ("", "namespaces/finalize", "update"),
+        ("", "persistentvolumeclaims", "patch"),
+    }
+    assert rbac.triples(permissions.TERMINATING_NAMESPACE_PERMISSIONS) <= granted
 
 
 def test_leader_election_writes_only_in_the_own_namespace() -> None:

@@ -39,7 +39,7 @@ from aiohttp import web
 
 from remediator import config, running
 from remediator.adapters import prometheus
-from remediator.simulation import kubeapi, monitoring, serving
+from remediator.simulation import access, kubeapi, monitoring, serving
 from remediator.simulation import provisioner as twin_module
 from tests import monitoring_fixtures
 from tests.engine.kube import objects
@@ -119,6 +119,9 @@ def store_namespace(store_id: str) -> dict[str, Obj]:
     credentials = f"{db}-credentials"
     return {
         "namespace": objects.namespace(ns),
+        # What the store chart includes (helm-charts/remediator-store-access): without it,
+        # remediator may not touch the store at all.
+        "access": access.store_role_binding(ns),
         "app": objects.deployment(app, ns),
         "db": objects.statefulset(db, ns),
         "app_pod": objects.pod(
@@ -350,6 +353,8 @@ class Rig:
     session: aiohttp.ClientSession
     workdir: Path
     kubeconfig: Path
+    """The admin's (the tests' kubectl); remediator's has its service-account token."""
+    access: access.RemediatorAccess
     _watches: list[tuple[kubeapi.Subscription, asyncio.Task[None]]] = field(default_factory=list)
 
     # --- the alert and the run
@@ -419,6 +424,8 @@ class Rig:
     def seed(self, objects_: Mapping[str, Obj] | list[Obj]) -> None:
         values = list(objects_.values()) if isinstance(objects_, Mapping) else objects_
         self.emulator.seed(values)
+        # The chart's RoleBindings in platform namespaces a test has just created.
+        self.access.refresh()
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
         api_version = {
@@ -529,6 +536,8 @@ async def open_rig(
     workdir: Path, *, prometheus_url: str | None = None, namespaces: tuple[str, ...] = NAMESPACES
 ) -> AsyncIterator[Rig]:
     emulator = kubeapi.KubeEmulator()
+    # remediator runs as its service account, with exactly the RBAC of its manifests.
+    remediator_access = access.install(emulator)
     twin = twin_module.ProvisionerTwin(token=PROVISIONER_TOKEN)
     outage = Outage()
     async with (
@@ -540,7 +549,7 @@ async def open_rig(
         kubeconfig = kubeapi.write_kubeconfig(workdir / "kubeconfig", kube_url)
         settings = settings_for(
             workdir,
-            kubeconfig=kubeconfig,
+            kubeconfig=remediator_access.kubeconfig(workdir / "remediator-kubeconfig", kube_url),
             provisioner_url=provisioner_url,
             notify_url=receiver.url,
             prometheus_url=prometheus_url,
@@ -564,6 +573,7 @@ async def open_rig(
             session=session,
             workdir=workdir,
             kubeconfig=kubeconfig,
+            access=remediator_access,
         )
         try:
             yield rig

@@ -12,7 +12,13 @@ Not emulated, on purpose: server-side apply (``apply-patch+yaml`` gets 415), pro
 only), OpenAPI schemas (``kubectl explain``), managedFields, admission beyond a few validity
 checks, pod graceful termination (no kubelet: pods without finalizers go at once), snapshot
 semantics for list ``resourceVersion``/``continue``. kubectl (client-go) sends credentials
-only over TLS, so a ``token=`` emulator is for kubernetes_asyncio, not kubectl.
+only over TLS, so a ``token=`` emulator is for kubernetes_asyncio, not kubectl; kubectl acts as
+a service account by impersonating it (``--as``).
+
+Requests are authorized (`authorization`): the admin (the ``token``, or no credentials when
+there is none) may do anything, a service account's token (`KubeEmulator.service_account_token`)
+only what the stored Roles, ClusterRoles and bindings grant it; ``SelfSubjectAccessReview``
+answers ``kubectl auth can-i``.
 """
 
 from remediator.simulation.kubeapi.discovery import DEFAULT_RESOURCES, ResourceType

@@ -116,6 +116,11 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     _row("batch/v1", "Job", "jobs", all_category=True, sub=("status",), orphans=True),
     _row("networking.k8s.io/v1", "Ingress", "ingresses", short=("ing",), sub=("status",)),
     _row("coordination.k8s.io/v1", "Lease", "leases"),
+    _row("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", namespaced=False),
+    _row("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings",
+         namespaced=False),
+    _row("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    _row("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
     _row("cert-manager.io/v1", "Certificate", "certificates", short=("cert", "certs"),
          sub=("status",), builtin=False),
 )  # fmt: skip

@@ -26,7 +26,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from remediator.simulation.kubeapi import discovery, errors, patching, selectors, storage
+from remediator.simulation.kubeapi import (
+    authorization,
+    discovery,
+    errors,
+    patching,
+    selectors,
+    storage,
+)
 
 _Object = dict[str, Any]
 _Objects = list[dict[str, Any]]
@@ -154,13 +161,15 @@ class KubeEmulator:
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         """
-        :param token: when set, HTTP requests need ``Authorization: Bearer <token>``.
+        :param token: the admin's bearer token. When set, HTTP requests need it or a token from
+            `issue_token`; when not, requests without credentials are the admin's.
         :param history_size: watch events kept for resuming; older resourceVersions get 410.
         :param namespaces: created up front, like a real cluster's ``default``.
         :param clock: wall-clock time for timestamps (creation, deletion, conditions).
         """
         self.resources = discovery.ResourceTable(resources)
         self.token = token
+        self._tokens: dict[str, authorization.User] = {}
         self._store = storage.ObjectStore(history_size=history_size)
         self._clock = clock
         self._logs: dict[tuple[str, str, str, bool], str] = {}
@@ -305,6 +314,40 @@ class KubeEmulator:
             )
 
         return self._store.subscribe(accepts, copies=True)
+
+    # --- who may do what (the HTTP layer asks; the sync helpers are the admin's) --------------
+
+    def issue_token(self, user: authorization.User) -> str:
+        """A new bearer token for ``user``; its requests are authorized by the stored RBAC."""
+        token = secrets.token_urlsafe(24)
+        self._tokens[token] = user
+        return token
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A token of the ServiceAccount ``namespace/name`` (which must exist), as the kubelet
+        mounts one into a pod running as it."""
+        account = self._existing(self.resources.by_kind("v1", "ServiceAccount"), namespace, name)
+        user = authorization.service_account(namespace, name, uid=account["metadata"]["uid"])
+        return self.issue_token(user)
+
+    def authenticate(self, header: str | None) -> authorization.User | None:
+        """Who sends ``Authorization: <header>``; None when that is nobody known (401)."""
+        if header is None:
+            return authorization.ADMIN if self.token is None else None
+        scheme, _, token = header.partition(" ")
+        if scheme != "Bearer" or not token:
+            return None
+        if self.token is not None and secrets.compare_digest(token, self.token):
+            return authorization.ADMIN
+        return self._tokens.get(token)
+
+    def authorize(self, attributes: authorization.Attributes) -> authorization.Decision:
+        return authorization.authorize(attributes, self._rbac_objects)
+
+    def _rbac_objects(self, kind: str, namespace: str | None) -> _Objects:
+        # The stored objects themselves: the authorizer only reads them.
+        resource = self.resources.by_kind(f"{authorization.RBAC_GROUP}/v1", kind)
+        return list(self._store.iter(resource, namespace if resource.namespaced else None))
 
     # --- the API operations (HTTP handlers call these) ----------------------------------------
 

@@ -18,11 +18,13 @@ from aiohttp import web
 
 from remediator.simulation import serving
 from remediator.simulation.kubeapi import (
+    authorization,
     discovery,
     emulation,
     errors,
     openapi,
     patching,
+    protobuf,
     selectors,
     storage,
     tables,
@@ -49,6 +51,11 @@ class ServerSettings:
 EMULATOR = web.AppKey("emulator", emulation.KubeEmulator)
 SETTINGS = web.AppKey("settings", ServerSettings)
 WATCHES = web.AppKey("watches", set[storage.Subscription])
+USER = web.RequestKey("user", authorization.User)
+"""Who a request is made by (after impersonation)."""
+_IMPERSONATE_USER = "Impersonate-User"
+_IMPERSONATE_GROUP = "Impersonate-Group"
+_IMPERSONATE_UID = "Impersonate-Uid"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,10 +82,52 @@ async def _status_errors(request: web.Request, handler: _Handler) -> web.StreamR
 
 @web.middleware
 async def _authentication(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    token = request.app[EMULATOR].token
-    if token is not None and request.headers.get("Authorization") != f"Bearer {token}":
+    emulator = request.app[EMULATOR]
+    user = emulator.authenticate(request.headers.get("Authorization"))
+    if user is None:
         return _status_response(errors.unauthorized())
+    try:
+        request[USER] = _impersonation(request, emulator, user)
+    except errors.StatusError as e:
+        return _status_response(e)
     return await handler(request)
+
+
+def _impersonation(
+    request: web.Request, emulator: emulation.KubeEmulator, user: authorization.User
+) -> authorization.User:
+    """The user ``Impersonate-*`` headers ask for (``kubectl --as``), if ``user`` may
+    impersonate them (verb ``impersonate`` on users, groups, serviceaccounts, as upstream)."""
+    name = request.headers.get(_IMPERSONATE_USER)
+    groups = request.headers.getall(_IMPERSONATE_GROUP, [])
+    if name is None:
+        if groups:
+            raise errors.bad_request("requested impersonation of groups without a user")
+        return user
+    wanted = [("", "users", name, "")]
+    if name.startswith(authorization.SERVICE_ACCOUNT_PREFIX):
+        namespace, _, account = name.removeprefix(authorization.SERVICE_ACCOUNT_PREFIX).partition(
+            ":"
+        )
+        wanted = [("", "serviceaccounts", account, namespace)]
+    wanted += [("", "groups", group, "") for group in groups]
+    for group, resource, target, namespace in wanted:
+        attributes = authorization.Attributes(
+            user=user,
+            verb="impersonate",
+            api_group=group,
+            resource=resource,
+            name=target,
+            namespace=namespace,
+        )
+        if not emulator.authorize(attributes).allowed:
+            raise authorization.forbidden(attributes)
+    return authorization.impersonated(name, groups, request.headers.get(_IMPERSONATE_UID, ""))
+
+
+def requester(request: web.Request) -> authorization.User:
+    user: authorization.User = request.get(USER, authorization.ADMIN)
+    return user
 
 
 def make_app(
@@ -101,6 +150,9 @@ def make_app(
     router.add_get("/openapi/v3/{prefix:.+}", _openapi_document)
     router.add_get("/apis", _groups)
     router.add_get("/apis/{group}", _group)
+    router.add_post(
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", _self_subject_access_review
+    )
     router.add_route("*", "/apis/{group}/{version}", _named)
     router.add_route("*", "/apis/{group}/{version}/{tail:.+}", _named)
     # Everything else (e.g. /openapi/v2, which kubectl tolerates missing) is a JSON 404
@@ -239,11 +291,81 @@ async def _dispatch(
             raise errors.no_such_resource()
         return _json(doc)
     target = _resolve(emulator.resources, group, version, segments)
+    _authorize(request, emulator, target)
     if target.name is None:
         return await _collection(request, emulator, target)
     if target.subresource is None:
         return await _item(request, emulator, target, target.name)
     return await _subresource(request, emulator, target, target.name, target.subresource)
+
+
+def _authorize(request: web.Request, emulator: emulation.KubeEmulator, target: _Target) -> None:
+    """403 unless the requester's RBAC allows the request (``RequestInfo`` + the authorizer)."""
+    resource = target.resource
+    name = target.name or ""
+    if target.name is None and request.method == "GET":
+        name = authorization.name_from_field_selector(request.query.get("fieldSelector", ""))
+    namespace = target.namespace or ""
+    if resource.group == "" and resource.plural == "namespaces" and target.name is not None:
+        namespace = target.name  # as RequestInfo has it: a namespace is in itself
+    attributes = authorization.Attributes(
+        user=requester(request),
+        verb=authorization.request_verb(
+            request.method, has_name=target.name is not None, watch=_flag(request, "watch")
+        ),
+        api_group=resource.group,
+        resource=resource.plural,
+        subresource=target.subresource or "",
+        name=name,
+        namespace=namespace,
+    )
+    if not emulator.authorize(attributes).allowed:
+        raise authorization.forbidden(attributes)
+
+
+async def _self_subject_access_review(request: web.Request) -> web.Response:
+    """``kubectl auth can-i``: may the requester do what ``spec`` describes?"""
+    if request.content_type == protobuf.CONTENT_TYPE:
+        body: Any = protobuf.self_subject_access_review(await request.read())
+    else:
+        body = await _body(request)
+    spec = body.get("spec") if isinstance(body, Mapping) else None
+    if not isinstance(spec, Mapping):
+        raise errors.bad_request("SelfSubjectAccessReview: spec is required")
+    emulator = request.app[EMULATOR]
+    resource = spec.get("resourceAttributes")
+    if isinstance(resource, Mapping):
+        attributes = authorization.Attributes(
+            user=requester(request),
+            verb=str(resource.get("verb") or ""),
+            api_group=str(resource.get("group") or ""),
+            resource=str(resource.get("resource") or ""),
+            subresource=str(resource.get("subresource") or ""),
+            name=str(resource.get("name") or ""),
+            namespace=str(resource.get("namespace") or ""),
+        )
+        decision = emulator.authorize(attributes)
+    elif isinstance(spec.get("nonResourceAttributes"), Mapping):
+        # The default system:discovery binding: every authenticated user may GET them.
+        verb = str(spec["nonResourceAttributes"].get("verb") or "")
+        decision = authorization.Decision(allowed=verb in ("get", "head"))
+    else:
+        raise errors.bad_request(
+            "SelfSubjectAccessReview: resourceAttributes or nonResourceAttributes is required"
+        )
+    status: dict[str, Any] = {"allowed": decision.allowed}
+    if decision.reason:
+        status["reason"] = decision.reason
+    return _json(
+        {
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": dict(spec),
+            "status": status,
+        },
+        status=201,
+    )
 
 
 def _not_allowed(request: web.Request) -> errors.StatusError:

@@ -211,7 +211,7 @@ async def test_finalize_namespace_clears_spec_finalizers(
     [
         (404, kubernetes.KubeNotFoundError),
         (409, kubernetes.KubeConflictError),
-        (401, kubernetes.KubeForbiddenError),
+        (401, kubernetes.KubeUnauthorizedError),
         (403, kubernetes.KubeForbiddenError),
         (400, kubernetes.KubeInvalidError),
         (422, kubernetes.KubeInvalidError),

@@ -40,7 +40,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def kube(sim: platform.SimulatedPlatform) -> AsyncIterator[kubernetes.KubeClient]:
-    async with kubernetes.KubeClient.from_url(sim.kube_url, timeout=5.0) as client:
+    """remediator's client: its service account's token, so the actions run with exactly the
+    RBAC of its manifests."""
+    token = sim.remediator_access.token
+    async with kubernetes.KubeClient.from_url(sim.kube_url, token=token, timeout=5.0) as client:
         yield client
 
 

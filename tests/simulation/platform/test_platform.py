@@ -170,7 +170,9 @@ async def test_the_config_fragment_is_a_valid_remediator_config(
 ) -> None:
     settings = config.from_mapping(sim.remediator_config())
 
-    assert settings.kubernetes.kubeconfig == str(sim.kubeconfig)
+    # remediator talks to the API as its service account, not as the harness' admin.
+    assert settings.kubernetes.kubeconfig == str(sim.remediator_kubeconfig)
+    assert sim.remediator_kubeconfig != sim.kubeconfig
     assert settings.provisioner.url == sim.provisioner_url
     assert settings.provisioner.token_file == str(sim.provisioner_token_file)
     assert "ingress-nginx" in settings.safety.namespaces

@@ -4,6 +4,13 @@ It reads what the runbook's diagnosis steps read (pods, jobs, PVCs, workloads, s
 their endpoints, ingresses, certificates, Helm records, events, referenced secrets) and boils
 them down to a bounded, JSON-safe summary plus booleans such as ``flags.image_pull_error`` or
 ``flags.helm_pending``, so playbooks branch on facts instead of parsing text.
+
+A list RBAC refuses fails the step with a message naming the permission and the namespace
+("no RoleBinding for remediator in store-x?"): flags computed from reads that were refused
+would send a playbook down the wrong branch. Except in a Terminating namespace, whose
+RoleBinding the namespace controller has already deleted with the rest of its contents: there
+the refusals are expected, so they are reported (``permission_denied``, its flag and the
+summary) and what could be read (the namespace, its PVCs) is diagnosed.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 from remediator.adapters import kubernetes
 from remediator.core import redaction
 from remediator.core.actions import ActionSpec
+from remediator.core.errors import PermanentStepError
 from remediator.engine.actions import helm
 from remediator.engine.actions.kube import bodies, guarding
 from remediator.engine.actions.registry import ActionContext, Output
@@ -51,6 +59,8 @@ class _Snapshot:
     certificates: list[kubernetes.Object]
     helm_secrets: list[kubernetes.Object]
     events: list[kubernetes.Object]
+    denied: list[kubernetes.Denial]
+    """What RBAC refused (the reads above then count as empty)."""
 
 
 _LISTED = (
@@ -91,6 +101,9 @@ class DiagnoseAction:
         with guarding.api_errors(f"diagnose {namespace}"):
             snapshot = await _read(kube, namespace)
             missing = await _missing_secrets(kube, namespace, snapshot.pods)
+        terminating = bodies.text(snapshot.namespace, "status", "phase") == "Terminating"
+        if snapshot.denied and not terminating:
+            raise PermanentStepError(f"diagnose {namespace}: {_refusals(snapshot.denied)}")
         return _report(namespace, snapshot, missing, secrets=context.resources.secrets)
 
     def preview(self, params: DiagnoseParams) -> str:
@@ -101,6 +114,8 @@ class DiagnoseAction:
 
 
 async def _read(kube: kubernetes.KubeClient, namespace: str) -> _Snapshot:
+    denied: list[kubernetes.Denial] = []
+
     async def listed(
         resource: kubernetes.Resource, selector: str | None = None
     ) -> list[kubernetes.Object]:
@@ -108,6 +123,11 @@ async def _read(kube: kubernetes.KubeClient, namespace: str) -> _Snapshot:
             return await kube.list(resource, namespace=namespace, label_selector=selector)
         except kubernetes.KubeNotFoundError:
             # The type is not served (cert-manager not installed): nothing of it exists.
+            return []
+        except kubernetes.KubeForbiddenError as e:
+            if e.denial is None:
+                raise
+            denied.append(e.denial)
             return []
 
     async def the_namespace() -> kubernetes.Object | None:
@@ -135,6 +155,7 @@ async def _read(kube: kubernetes.KubeClient, namespace: str) -> _Snapshot:
         certificates=of[kubernetes.CERTIFICATES],
         helm_secrets=helm_secrets,
         events=of[kubernetes.EVENTS],
+        denied=sorted(denied, key=lambda d: (d.qualified_resource, d.verb)),
     )
 
 
@@ -178,6 +199,10 @@ async def _missing_secrets(
             await kube.get(kubernetes.SECRETS, name, namespace=namespace)
         except kubernetes.KubeNotFoundError:
             return True
+        except kubernetes.KubeForbiddenError as e:
+            if e.denial is None:
+                raise
+            return False  # unknown; the refused list of secrets is reported already
         return False
 
     found = await asyncio.gather(*(absent(name) for name in wanted))
@@ -365,6 +390,7 @@ def _report(
         "helm_pending": any(r.status in helm.PENDING for r in releases.values()),
         "helm_failed": any(r.status == helm.FAILED for r in releases.values()),
         "secrets_missing": bool(missing),
+        "permission_denied": bool(snapshot.denied),
     }
     helm_release = _helm(namespace, snapshot.helm_secrets)
     totals = {
@@ -393,17 +419,27 @@ def _report(
         "missing_secrets": missing,
         "flags": flags,
         "totals": totals,
-        "summary": _summary(pods, flags, helm_release),
+        "permission_denied": [
+            {"verb": d.verb, "resource": d.qualified_resource, "namespace": d.namespace}
+            for d in snapshot.denied
+        ],
+        "summary": _summary(pods, flags, helm_release, denied=snapshot.denied),
     }
 
 
 def _summary(
-    pods: Sequence[Mapping[str, Any]], flags: Mapping[str, bool], release: Mapping[str, Any] | None
+    pods: Sequence[Mapping[str, Any]],
+    flags: Mapping[str, bool],
+    release: Mapping[str, Any] | None,
+    *,
+    denied: Sequence[kubernetes.Denial],
 ) -> str:
     ready = sum(1 for p in pods if p["ready"])
     healthy = ("app_ready", "db_ready")
     raised = [name for name, value in flags.items() if value and name not in healthy]
-    parts = [
+    # First: every other finding is incomplete without these reads.
+    parts = [_refusals(denied)] if denied else []
+    parts += [
         f"{ready}/{len(pods)} pods ready",
         f"app {'ready' if flags['app_ready'] else 'not ready'}",
         f"db {'ready' if flags['db_ready'] else 'not ready'}",
@@ -412,3 +448,8 @@ def _summary(
         parts.append(f"helm {release['release']} v{release['revision']} {release['status']}")
     parts.append(f"problems: {', '.join(raised)}" if raised else "no problems found")
     return "; ".join(parts)
+
+
+def _refusals(denied: Sequence[kubernetes.Denial]) -> str:
+    refused = ", ".join(f"{d.verb} {d.qualified_resource}" for d in denied)
+    return f"{denied[0].explain()}; refused: {refused}"

@@ -3,7 +3,9 @@
 Before: the namespace must match the allowlist (``safety.namespaces``) and each object name
 must be a DNS-1123 subdomain, or the step fails with ``scope: ...`` and nothing is sent. Around:
 `KubeError` becomes a step error the executor understands: unavailable and conflict are
-retryable, everything else (not found, forbidden, invalid) is permanent.
+retryable, everything else (not found, forbidden, invalid) is permanent. A 403 says which
+permission is missing where ("no RoleBinding for remediator in store-x?"): the run fails with
+that message, which the audit log, the escalation and the breaker all get.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def client(context: ActionContext) -> kubernetes.KubeClient:
 def step_error(error: kubernetes.KubeError, what: str) -> StepError:
     """The step error for a failed call: retry on unavailable/conflict, give up otherwise."""
     message = f"{what}: {error}"
+    if isinstance(error, kubernetes.KubeForbiddenError) and error.denial is not None:
+        message = f"{what}: {error.denial.explain()} ({error})"
     if isinstance(error, kubernetes.KubeUnavailableError | kubernetes.KubeConflictError):
         return TemporaryStepError(message)
     return PermanentStepError(message)

@@ -214,7 +214,7 @@ def build_engine(
 async def open_clients(
     settings: Settings,
     *,
-    on_forbidden: Callable[[kubernetes.KubeForbiddenError], None] | None = None,
+    on_forbidden: kubernetes.ForbiddenHook | None = None,
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, kubernetes.KubeClient | None]]:
     """The HTTP session and the cluster client (None without one), closed on exit."""
     async with contextlib.AsyncExitStack() as clients:
@@ -296,9 +296,10 @@ class Daemon:
         store = state.open_store(settings.state, on_append=audited)
         await store.open()
         try:
-            async with open_clients(
-                settings, on_forbidden=metric_set.count_permission_denied
-            ) as (session, kube):
+            async with open_clients(settings, on_forbidden=metric_set.count_permission_denied) as (
+                session,
+                kube,
+            ):
                 return await self._serve(
                     settings, tokens, actions, library, metric_set, store, session, kube
                 )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from remediator.adapters import metrics, state
-from remediator.core import alerts
+from remediator.core import alerts, runs
 from remediator.core.playbooks import PlaybookSet
 from remediator.core.runs import AuditKind, RunFilter, RunStatus
 from remediator.engine import admitting, scheduling
@@ -281,3 +281,17 @@ async def test_a_failed_write_gives_the_reserved_room_back(
         await intake.admit(load_payload("storedown-firing.json"))
 
     assert intake.scheduler.reserve(1) is not None
+
+
+def test_run_ids_are_distinct_hex_across_pool_refills() -> None:
+    make = admitting.RunIds()
+    ids = [make() for _ in range(3 * admitting.RUN_IDS_PER_DRAW + 7)]
+
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 and runs.is_run_id(i) for i in ids)
+
+
+def test_each_admitter_draws_its_own_run_ids() -> None:
+    first, second = admitting.RunIds(), admitting.RunIds()
+
+    assert {first() for _ in range(10)}.isdisjoint({second() for _ in range(10)})

@@ -3,7 +3,7 @@
 # Both run the idempotent set-up first, so a fresh machine needs nothing else.
 VENV := .venv/bin
 
-.PHONY: setup demo test lint unit e2e bench
+.PHONY: setup demo test lint unit e2e bench compare
 
 setup:
 	@bash .ci/setup
@@ -30,3 +30,6 @@ e2e: setup
 
 bench: setup
 	$(VENV)/python bench/intake.py
+
+compare: setup
+	$(VENV)/python -m bench.compare

@@ -26,7 +26,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from remediator import __version__
-from remediator.adapters import auditing, kubernetes, loading, metrics, prometheus, state
+from remediator.adapters import (
+    auditing,
+    kubernetes,
+    loading,
+    logsink,
+    metrics,
+    prometheus,
+    state,
+)
 from remediator.config import LoggingSettings, Settings, read_token
 from remediator.core.errors import ConfigError, Problem
 from remediator.core.runs import AuditEvent, AuditKind, AuditRecord
@@ -63,7 +71,9 @@ def configure_logging(settings: LoggingSettings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per loop iteration: per-line writes were a tenth of the daemon's time
+        # under load (bench/README.md).
+        logger_factory=logsink.BatchingLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
 

@@ -132,7 +132,7 @@ def _parse_alert(reader: _Reader, raw: object, path: str) -> Alert:
     labels = reader.labels(item.get("labels"), f"{path}.labels")
     if "alertname" not in labels:
         reader.fail(f"{path}.labels.alertname", "is required")
-    ends_at = reader.time(item.get("endsAt"), f"{path}.endsAt", optional=True)
+    ends_at = reader.time(item.get("endsAt"), f"{path}.endsAt", optional=True, zero_ok=True)
     starts_at = reader.time(item.get("startsAt"), f"{path}.startsAt")
     assert starts_at is not None  # noqa: S101 - not optional, so fail() raised otherwise
     return Alert(
@@ -166,7 +166,17 @@ class _Reader:
             self.fail(path, "must be a string")
         if not raw and not empty_ok:
             self.fail(path, "must not be empty")
+        self._encodable(raw, path)
         return raw
+
+    def _encodable(self, text: str, path: str) -> None:
+        # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 store or log can
+        # hold: refused here rather than failing (as a 5xx) when the alert is recorded.
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                self.fail(path, "is not valid Unicode (lone surrogate)")
 
     def status(self, raw: object, path: str) -> AlertStatus:
         value = self.string(raw, path)
@@ -175,7 +185,10 @@ class _Reader:
         except ValueError:
             self.fail(path, f"must be 'firing' or 'resolved', not {value!r}")
 
-    def time(self, raw: object, path: str, *, optional: bool = False) -> datetime | None:
+    def time(
+        self, raw: object, path: str, *, optional: bool = False, zero_ok: bool = False
+    ) -> datetime | None:
+        """``zero_ok``: Alertmanager's zero time (year 1) is allowed in any zone."""
         if raw is None and optional:
             return None
         value = self.string(raw, path)
@@ -185,6 +198,13 @@ class _Reader:
             self.fail(path, f"must be an RFC 3339 timestamp, not {value[:64]!r}")
         if moment.tzinfo is None:
             self.fail(path, "must carry a time zone")
+        try:
+            # Dedupe keys and records are in UTC; year 1 east of UTC or 9999 west of it has
+            # no UTC datetime.
+            moment.astimezone(UTC)
+        except OverflowError:
+            if not (zero_ok and moment.year == ZERO_TIME_YEAR):
+                self.fail(path, "is out of range once converted to UTC")
         return moment
 
     def labels(self, raw: object, path: str) -> Mapping[str, str]:
@@ -198,6 +218,7 @@ class _Reader:
     def annotations(self, raw: object, path: str) -> Mapping[str, str]:
         mapping = self.mapping(raw, path)
         for name, value in mapping.items():
+            self._encodable(name, f"{path}.{name[:64]!r}")
             self._value(value, f"{path}.{name[:64]}")
         return MappingProxyType(dict(mapping))
 
@@ -206,3 +227,4 @@ class _Reader:
             self.fail(path, "must be a string")
         elif len(value) > MAX_LABEL_VALUE:
             self.fail(path, f"is longer than {MAX_LABEL_VALUE} characters")
+        self._encodable(value, path)

@@ -11,6 +11,7 @@ import json
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from remediator.core import alerts
@@ -58,6 +59,22 @@ def _refuse(
 
 async def receive_alerts(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    try:
+        checked = await _checked_webhook(request, services)
+    except Exception:
+        # A parser bug must not answer a bad body with a bare 500 (which Alertmanager would
+        # retry forever): it is refused as invalid, and logged with its traceback to be fixed.
+        log.exception("webhook_check_failed")
+        return _refuse(services, 400, "invalid_payload", "the payload could not be validated")
+    if isinstance(checked, web.Response):
+        return checked
+    return await _admit(services, checked)
+
+
+async def _checked_webhook(
+    request: web.Request, services: Services
+) -> alerts.Webhook | web.Response:
+    """The validated webhook, or the refusal to answer with."""
     limit = services.settings.server.max_body_bytes
     if not auth.authorized(request, services.webhook_token):
         services.metrics.webhook_rejections.labels(reason="unauthorized").inc()
@@ -68,7 +85,7 @@ async def receive_alerts(request: web.Request) -> web.Response:
             services,
             415,
             "unsupported_media_type",
-            f"Content-Type must be application/json, not {request.content_type!r}",
+            f"Content-Type must be application/json, not {request.content_type[:64]!r}",
         )
     if request.content_length is not None and request.content_length > limit:
         return _refuse(services, 413, "too_large", f"body larger than {limit} bytes")
@@ -76,12 +93,18 @@ async def receive_alerts(request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _refuse(services, 413, "too_large", f"body larger than {limit} bytes")
+    except RequestPayloadError as e:
+        # A body its Content-Encoding does not decode (gzip that is not gzip), or cut short.
+        return _refuse(services, 400, "unreadable_body", f"body cannot be read: {e}"[:256])
     try:
         raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        return _refuse(services, 400, "malformed_json", f"body is not JSON: {e}")
+    except Exception as e:
+        # Not only ValueError (UnicodeDecodeError included): deep nesting raises
+        # RecursionError, and a client must get a 400 for that too, never a 500.
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        return _refuse(services, 400, "malformed_json", f"body is not JSON: {reason}"[:256])
     try:
-        webhook = alerts.parse_webhook(raw)
+        return alerts.parse_webhook(raw)
     except PayloadError as e:
         problem = e.problems[0]
         return _refuse(
@@ -91,6 +114,9 @@ async def receive_alerts(request: web.Request) -> web.Response:
             f"{problem.path}: {problem.message}",
             field=problem.path,
         )
+
+
+async def _admit(services: Services, webhook: alerts.Webhook) -> web.Response:
     retry_after = {"Retry-After": str(services.settings.server.retry_after)}
     if not services.ready():
         # Draining after SIGTERM: the scheduler takes nothing more, and saying "queue_full"
@@ -102,6 +128,18 @@ async def receive_alerts(request: web.Request) -> web.Response:
         admitted = await services.admitter.admit(webhook)
     except admitting.QueueFullError as e:
         return _refuse(services, 503, "queue_full", str(e), headers=retry_after)
+    except Exception:
+        # The store failed (disk full, locked) or admission hit a bug: the transaction was
+        # rolled back or its outcome is unknown. 503 makes Alertmanager send it again, and
+        # dedupe makes that safe even if it had been committed.
+        log.exception("webhook_admission_failed", group_key=webhook.group_key[:256])
+        return _refuse(
+            services,
+            503,
+            "admission_failed",
+            "the alerts could not be recorded; retry later",
+            headers=retry_after,
+        )
     services.metrics.webhook_requests.labels(code="200").inc()
     log.info(
         "webhook_accepted",

@@ -164,6 +164,24 @@ def test_optional_fields_default() -> None:
     assert alert.generator_url == ""
 
 
+def test_zero_end_time_in_any_zone_means_no_end() -> None:
+    body = payload()
+    body["alerts"][0]["endsAt"] = "0001-01-01T00:30:00+01:00"
+
+    (alert,) = alerts.parse_webhook(body).alerts
+
+    assert alert.ends_at is None
+
+
+def test_non_ascii_values_are_kept() -> None:
+    body = payload()
+    body["alerts"][0]["labels"]["store_id"] = "café-☕"
+
+    (alert,) = alerts.parse_webhook(body).alerts
+
+    assert alert.labels["store_id"] == "café-☕"
+
+
 def test_parsing_does_not_change_its_input() -> None:
     body = payload()
     before = copy.deepcopy(body)
@@ -343,6 +361,36 @@ BAD: list[tuple[str, Mutation, str, str]] = [
         put("commonLabels", value=[]),
         "commonLabels",
         "must be a JSON object",
+    ),
+    (
+        "label-lone-surrogate",
+        put("alerts", 0, "labels", "store_id", value="s\ud800"),
+        "alerts[0].labels.store_id",
+        "is not valid Unicode (lone surrogate)",
+    ),
+    (
+        "receiver-lone-surrogate",
+        put("receiver", value="\udfff"),
+        "receiver",
+        "is not valid Unicode (lone surrogate)",
+    ),
+    (
+        "annotation-name-lone-surrogate",
+        put("alerts", 0, "annotations", value={"\ud800": "x"}),
+        "alerts[0].annotations.'\\ud800'",
+        "is not valid Unicode (lone surrogate)",
+    ),
+    (
+        "startsAt-year-1-east-of-utc",
+        put("alerts", 0, "startsAt", value="0001-01-01T00:00:00+01:00"),
+        "alerts[0].startsAt",
+        "is out of range once converted to UTC",
+    ),
+    (
+        "endsAt-year-9999-west-of-utc",
+        put("alerts", 0, "endsAt", value="9999-12-31T23:30:00-01:00"),
+        "alerts[0].endsAt",
+        "is out of range once converted to UTC",
     ),
 ]
 

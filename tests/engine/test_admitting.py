@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
 
 from remediator.adapters import metrics, state
-from remediator.core import alerts
+from remediator.core import alerts, runs
 from remediator.core.playbooks import PlaybookSet
-from remediator.core.runs import AuditKind, RunFilter, RunStatus
+from remediator.core.runs import Admission as Admission_
+from remediator.core.runs import AdmissionResult, AuditKind, RunFilter, RunStatus
 from remediator.engine import admitting, scheduling
 from remediator.engine.actions.registry import ActionRegistry
 from tests.engine.conftest import load_payload, playbook_set, playbook_yaml, store_labels, webhook
@@ -281,3 +283,80 @@ async def test_a_failed_write_gives_the_reserved_room_back(
         await intake.admit(load_payload("storedown-firing.json"))
 
     assert intake.scheduler.reserve(1) is not None
+
+
+def test_run_ids_are_distinct_hex_across_pool_refills() -> None:
+    make = admitting.RunIds()
+    ids = [make() for _ in range(3 * admitting.RUN_IDS_PER_DRAW + 7)]
+
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 and runs.is_run_id(i) for i in ids)
+
+
+def test_each_admitter_draws_its_own_run_ids() -> None:
+    first, second = admitting.RunIds(), admitting.RunIds()
+
+    assert {first() for _ in range(10)}.isdisjoint({second() for _ in range(10)})
+
+
+class CountingStore(state.SqliteStateStore):
+    """The real store, counting its admission transactions."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        super().__init__(path)
+        self.admit_calls: list[int] = []
+
+    async def admit(
+        self, admissions: Sequence[Admission_], *, now: float, known_targets: int | None = None
+    ) -> list[AdmissionResult]:
+        self.admit_calls.append(len(admissions))
+        return await super().admit(admissions, now=now, known_targets=known_targets)
+
+
+def one_store(store_id: str) -> dict[str, Any]:
+    return webhook(labels=store_labels(store_id), fingerprint=f"{ord(store_id[-1]):016x}")
+
+
+async def test_concurrent_webhooks_share_one_transaction_each_with_its_own_results(
+    db_path: pathlib.Path, metric_set: metrics.Metrics, playbooks: PlaybookSet
+) -> None:
+    async with CountingStore(db_path) as store:
+        intake = Admission(store, metric_set, playbooks)
+        first = asyncio.create_task(intake.admit(one_store("s1")))
+        await asyncio.sleep(0.01)  # its transaction is under way
+        bodies = [one_store("s2"), one_store("s3"), one_store("s1")]
+        later = [asyncio.create_task(intake.admit(body)) for body in bodies]
+
+        admitted = [await first, *await asyncio.gather(*later)]
+
+        # The first went alone; the three that came while it was written went together.
+        assert store.admit_calls == [1, 3]
+        assert [(a.runs, a.duplicates) for a in admitted] == [
+            (("run-1",), 0),
+            (("run-2",), 0),
+            (("run-3",), 0),
+            ((), 1),  # a repeat of the first, admitted in the same transaction as others
+        ]
+        page = await store.list_runs(RunFilter())
+        assert sorted(r.target for r in page.items) == ["store-s1", "store-s2", "store-s3"]
+        assert intake.scheduler.depth == 3
+
+
+async def test_a_failed_shared_transaction_fails_every_waiter_and_records_nothing(
+    db_path: pathlib.Path, metric_set: metrics.Metrics, playbooks: PlaybookSet
+) -> None:
+    async with CountingStore(db_path) as store:
+        intake = Admission(store, metric_set, playbooks)
+        await intake.admit(one_store("s1"))
+        await store.close()  # the next transaction fails, as on a broken disk
+
+        outcomes = await asyncio.gather(
+            *(intake.admit(one_store(s)) for s in ("s2", "s3")), return_exceptions=True
+        )
+
+        assert all(isinstance(o, state.StateError) for o in outcomes)
+        assert store.admit_calls == [1, 2]
+        assert intake.scheduler.depth == 1  # the two reservations were given back
+    async with state.SqliteStateStore(db_path) as reopened:
+        page = await reopened.list_runs(RunFilter())
+        assert [r.target for r in page.items] == ["store-s1"]

@@ -376,3 +376,16 @@ async def test_metrics_exposes_remediator_series(client: Client) -> None:
         "remediator_runs_active ",
     ):
         assert series in text
+
+
+async def test_a_failing_store_is_a_503_to_retry(client: Client, engine: Engine) -> None:
+    await engine.store.close()  # as when the disk fails under it: every write raises
+
+    async with client.post(URL, json=recorded("storedown-firing"), headers=auth()) as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "7"
+        body = await response.json()
+
+    assert body["error"] == "admission_failed"
+    assert engine.sample("remediator_webhook_rejections_total", reason="admission_failed") == 1
+    assert engine.sample("remediator_webhook_requests_total", code="503") == 1

@@ -248,7 +248,7 @@ async def _set_safety(
         finished = now - entry.ago
         (alert,) = _webhook(entry.arrival, status="firing", starts_at=finished - 60).alerts
         admission = planning.plan_admission(
-            alert, playbooks, only_highest=only_highest, make_run_id=admitting.new_run_id
+            alert, playbooks, only_highest=only_highest, make_run_id=admitting.RunIds()
         )
         for result in await store.admit([admission], now=finished - 1):
             for run_id in result.created_runs:

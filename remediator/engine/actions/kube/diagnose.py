@@ -8,8 +8,8 @@ them down to a bounded, JSON-safe summary plus booleans such as ``flags.image_pu
 A list RBAC refuses fails the step with a message naming the permission and the namespace
 ("no RoleBinding for remediator in store-x?"): flags computed from reads that were refused
 would send a playbook down the wrong branch. Except in a Terminating namespace, whose
-RoleBinding the namespace controller has already deleted with the rest of its contents: there
-the refusals are expected, so they are reported (``permission_denied``, its flag and the
+RoleBinding the namespace controller has already deleted with the rest of its contents, or one
+that does not exist at all: there the refusals are expected, so they are reported (``permission_denied``, its flag and the
 summary) and what could be read (the namespace, its PVCs) is diagnosed.
 """
 
@@ -102,7 +102,9 @@ class DiagnoseAction:
             snapshot = await _read(kube, namespace)
             missing = await _missing_secrets(kube, namespace, snapshot.pods)
         terminating = bodies.text(snapshot.namespace, "status", "phase") == "Terminating"
-        if snapshot.denied and not terminating:
+        # A namespace that is gone has no RoleBinding either: its refusals are expected too.
+        gone = snapshot.namespace is None
+        if snapshot.denied and not terminating and not gone:
             raise PermanentStepError(f"diagnose {namespace}: {_refusals(snapshot.denied)}")
         return _report(namespace, snapshot, missing, secrets=context.resources.secrets)
 

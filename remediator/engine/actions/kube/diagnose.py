@@ -9,8 +9,9 @@ A list RBAC refuses fails the step with a message naming the permission and the 
 ("no RoleBinding for remediator in store-x?"): flags computed from reads that were refused
 would send a playbook down the wrong branch. Except in a Terminating namespace, whose
 RoleBinding the namespace controller has already deleted with the rest of its contents, or one
-that does not exist at all: there the refusals are expected, so they are reported (``permission_denied``, its flag and the
-summary) and what could be read (the namespace, its PVCs) is diagnosed.
+that does not exist at all: there the refusals are expected, so they are reported
+(``permission_denied``, its flag and the summary) and what could be read (the namespace, its
+PVCs) is diagnosed.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from remediator.adapters import kubernetes
+from remediator.config import KubernetesSettings
 from remediator.simulation import access, closedloop, standins
 
 pytestmark = pytest.mark.e2e
@@ -77,3 +79,32 @@ async def test_a_store_without_its_role_binding_fails_clearly(tmp_path: Path) ->
         assert not [
             s for s in detail["steps"] if s["phase"] == "steps" and s["outcome"] == "succeeded"
         ]
+
+
+async def test_remediators_own_token_is_refused_outside_store_and_platform_namespaces(
+    tmp_path: Path,
+) -> None:
+    """Not broader than needed: with exactly the manifests' RBAC, remediator's token may write
+    in a store namespace but not in kube-system, and may not read Secrets outside stores."""
+    settings = closedloop.LoopSettings(stores=("s1",), monitoring=False)
+    async with (
+        closedloop.run(workdir=tmp_path / "loop", settings=settings) as loop,
+        kubernetes.connect(
+            KubernetesSettings(kubeconfig=str(loop.platform.remediator_kubeconfig))
+        ) as kube,
+    ):
+        assert kube is not None
+        store_pods = await kube.list(kubernetes.PODS, namespace="store-s1")
+        assert store_pods is not None
+        with pytest.raises(kubernetes.KubeForbiddenError):
+            await kube.list(kubernetes.SECRETS, namespace="kube-system")
+        with pytest.raises(kubernetes.KubeForbiddenError):
+            await kube.list(kubernetes.SECRETS, namespace="default")
+        with pytest.raises(kubernetes.KubeForbiddenError):
+            await kube.create(
+                kubernetes.CONFIGMAPS,
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
+                namespace="kube-system",
+            )
+        with pytest.raises(kubernetes.KubeForbiddenError):
+            await kube.delete(kubernetes.PODS, "anything", namespace="kube-system")

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -42,6 +43,8 @@ from remediator.engine import (
     admitting,
     envelope,
     executing,
+    leading,
+    leasing,
     monitoring,
     reloading,
     scheduling,
@@ -124,6 +127,7 @@ class Engine:
     scheduler: scheduling.Scheduler
     admitter: admitting.Admitter
     reloader: reloading.Reloader
+    keeper: leasing.LeaseKeeper
     services: Services
 
 
@@ -142,13 +146,16 @@ def build_engine(
     wrap_execute: Callable[[ExecuteRun], ExecuteRun] = lambda execute: execute,
     known_targets: Callable[[], int | None] | None = None,
     store_directory: watching.StoreDirectory | None = None,
+    exclusive: bool = True,
+    replica_id: str | None = None,
 ) -> Engine:
     """The one place the engine is assembled: the daemon and the test rigs both use it.
 
     ``wrap_execute`` lets a test hold runs between the scheduler and the executor.
+    ``exclusive``: the store is this replica's alone (SQLite); ``replica_id`` names it.
     """
     metric_set = metrics
-    approvals = envelope.Approvals()
+    approvals = envelope.Approvals(store)
     escalator = envelope.Escalator(
         resources=resources, store=store, metrics=metric_set, clock=clock
     )
@@ -162,7 +169,18 @@ def build_engine(
         jitter=jitter,
         approvals=approvals,
         escalator=escalator,
+        # The keeper is built below: these are looked up when a run starts, not now.
+        owner=lambda: keeper.replica_id,
+        on_store_failure=lambda run_id: keeper.store_failed(run_id),
     )
+
+    def sized_by() -> int | None:
+        # Configured, else what discovery knows: here if this replica is the leader, else
+        # what the leader reported with its lease; None until someone knows (no percentage).
+        if settings.safety.known_targets is not None:
+            return settings.safety.known_targets
+        local = known_targets() if known_targets is not None else None
+        return local if local is not None else keeper.fleet_known_targets
 
     def playbook_limit(name: str) -> int | None:
         playbook = library().by_name(name)
@@ -184,8 +202,23 @@ def build_engine(
         only_highest=settings.playbooks.match == "first",
         dry_run=settings.engine.dry_run,
         clock=clock,
-        known_targets=known_targets or (lambda: settings.safety.known_targets),
+        known_targets=sized_by,
         escalator=escalator,
+        owner=lambda: keeper.replica_id,
+    )
+    keeper = leasing.LeaseKeeper(
+        store=store,
+        scheduler=scheduler,
+        executor=executor,
+        escalator=escalator,
+        playbooks=library,
+        actions=actions,
+        metrics=metric_set,
+        settings=settings.ha,
+        exclusive=exclusive,
+        replica_id=replica_id,
+        clock=clock,
+        discovered=known_targets or (lambda: None),
     )
     reloader = reloading.Reloader(
         library=library,
@@ -216,6 +249,7 @@ def build_engine(
         scheduler=scheduler,
         admitter=admitter,
         reloader=reloader,
+        keeper=keeper,
         services=services,
     )
 
@@ -332,9 +366,9 @@ class Daemon:
         monitor = _store_monitor(settings, kube, session, metric_set, provisioner_token)
 
         def known_targets() -> int | None:
-            # Configured, else what discovery has seen; None until it has (no percentage yet).
-            if settings.safety.known_targets is not None or monitor is None:
-                return settings.safety.known_targets
+            # What this replica's discovery has seen: None on a follower, or before it synced.
+            if monitor is None or not monitor.directory.live.is_set():
+                return None
             return len(monitor.directory) or None
 
         engine = build_engine(
@@ -348,17 +382,17 @@ class Daemon:
             resources=resources,
             tokens=tokens,
             ready=lambda: not self.stopping.is_set(),
+            exclusive=isinstance(store, state.SqliteStateStore),
         )
         scheduler, services = engine.scheduler, engine.services
         approvals, escalator, reloader = engine.approvals, engine.escalator, engine.reloader
+        keeper = engine.keeper
 
         now = time.time()
-        interrupted = await store.interrupt_unfinished(now=now, reason="daemon restarted")
-        queued = await store.queued_runs()
-        scheduler.restore(
-            scheduling.QueuedRun(run_id=r.run_id, target=r.target, playbook=r.playbook)
-            for r in queued
-        )
+        # Before the listener opens: runs a crashed predecessor (or, on PostgreSQL, a replica
+        # whose lease expired) left behind are queued again or taken over.
+        adopted = await keeper.start()
+        queued, interrupted = adopted.queued, adopted.taken_over
         await store.append_audit(
             [
                 reloading.loaded_event(library(), trigger="startup"),
@@ -369,7 +403,9 @@ class Daemon:
                         "version": __version__,
                         "dry_run": settings.engine.dry_run,
                         "recovered_queued": len(queued),
-                        "interrupted": len(interrupted),
+                        "taken_over": len(interrupted),
+                        "replica": keeper.replica_id,
+                        "state": store.name,
                     },
                 ),
             ],
@@ -388,19 +424,32 @@ class Daemon:
         self.url = _bound_url(
             runner, fallback=f"http://{settings.server.host}:{settings.server.port}"
         )
+        singletons: list[tuple[str, leading.TaskFactory]] = [
+            (
+                "safety-gauges",
+                lambda: envelope.watch_gauges(
+                    store, metric_set, approvals, interval=settings.safety.status_interval
+                ),
+            )
+        ]
+        if monitor is not None:
+            singletons.append(("store-monitor", monitor.run))
+        leadership = leading.Leadership(
+            _elector(settings, store, kube, keeper.replica_id),
+            singletons=singletons,
+            interval=settings.ha.renew_interval,
+            store=store,
+            metrics=metric_set,
+            replica=lambda: keeper.replica_id,
+            on_lost=monitor.forget_stores if monitor is not None else lambda: None,
+        )
         background = [
             asyncio.create_task(
                 reloader.watch(settings.playbooks.watch_interval), name="playbook-watcher"
             ),
-            asyncio.create_task(
-                envelope.watch_gauges(
-                    store, metric_set, approvals, interval=settings.safety.status_interval
-                ),
-                name="safety-gauges",
-            ),
+            asyncio.create_task(keeper.run(), name="lease-keeper"),
+            asyncio.create_task(leadership.run(), name="leadership"),
         ]
-        if monitor is not None:
-            background.append(asyncio.create_task(monitor.run(), name="store-monitor"))
         loop = asyncio.get_running_loop()
         with _signals(loop, self.stopping, reloader):
             log.info(
@@ -408,7 +457,8 @@ class Daemon:
                 url=self.url,
                 playbooks=len(library().playbooks),
                 recovered_queued=len(queued),
-                interrupted=len(interrupted),
+                taken_over=len(interrupted),
+                replica=keeper.replica_id,
             )
             self.ready.set()
             await self.stopping.wait()
@@ -417,6 +467,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         still_queued = await scheduler.drain(settings.engine.grace_period)
+        await keeper.stop()
         await escalator.drain()
         await runner.cleanup()
         await store.append_audit(
@@ -430,6 +481,60 @@ class Daemon:
             now=time.time(),
         )
         return 0
+
+
+def _elector(
+    settings: Settings,
+    store: state.SqlStateStore,
+    kube: kubernetes.KubeClient | None,
+    identity: str,
+) -> leading.Elector:
+    """``ha.leader_election`` made concrete; see :mod:`remediator.engine.leading`."""
+    choice = settings.ha.leader_election
+    shared = isinstance(store, state.PostgresStateStore)
+    if choice == "none" or (choice == "auto" and not shared):
+        return leading.SoleElector()
+    if choice == "kubernetes" or (choice == "auto" and kube is not None):
+        if kube is None:
+            raise ConfigError(
+                [
+                    Problem(
+                        source="<config>",
+                        path="ha.leader_election",
+                        message="kubernetes needs kubernetes.enabled and a cluster",
+                    )
+                ]
+            )
+        return leading.LeaseElector(
+            kube,
+            namespace=_lease_namespace(settings),
+            lease=settings.ha.lease_name,
+            identity=identity,
+            duration=settings.ha.lease_duration,
+        )
+    if not shared:
+        raise ConfigError(
+            [
+                Problem(
+                    source="<config>",
+                    path="ha.leader_election",
+                    message="postgresql needs state.path to be a postgresql:// URL",
+                )
+            ]
+        )
+    assert isinstance(store, state.PostgresStateStore)  # noqa: S101 - shared says so
+    return store.leader_elector()
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _lease_namespace(settings: Settings) -> str:
+    if settings.ha.lease_namespace:
+        return settings.ha.lease_namespace
+    with contextlib.suppress(OSError):
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text(encoding="utf-8").strip()
+    return os.environ.get("POD_NAMESPACE", "default")
 
 
 def _store_monitor(

@@ -216,6 +216,20 @@ async def all_runs(
         params["cursor"] = page["next_cursor"]
 
 
+async def audit_of(
+    session: aiohttp.ClientSession, daemon: Daemon, kind: str
+) -> list[dict[str, Any]]:
+    """The first page (up to 1,000) of audit records of one kind, through GET /api/v1/audit."""
+    async with session.get(
+        f"{daemon.url}/api/v1/audit",
+        params={"kind": kind, "limit": "1000"},
+        headers=daemon.headers(API_TOKEN),
+    ) as response:
+        assert response.status == 200, await response.text()
+        items: list[dict[str, Any]] = (await response.json())["items"]
+        return items
+
+
 async def wait_all_finished(
     session: aiohttp.ClientSession, daemon: Daemon, *, budget: float = 30.0
 ) -> list[dict[str, Any]]:

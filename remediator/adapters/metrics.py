@@ -149,12 +149,38 @@ class Metrics:
             "Runs waiting for an operator's decision.",
             registry=registry,
         )
+        self.leader = Gauge(
+            "remediator_leader",
+            "1 while this replica runs the singleton work (discovery, probes, gauges).",
+            registry=registry,
+        )
+        self.leader_changes = Counter(
+            "remediator_leader_changes",
+            "Times this replica became leader or stopped being it.",
+            ["change"],
+            registry=registry,
+        )
+        self.lease_ok = Gauge(
+            "remediator_replica_lease_ok",
+            "1 while this replica's lease on its runs is renewed in time.",
+            registry=registry,
+        )
+        self.takeovers = Counter(
+            "remediator_runs_taken_over",
+            "Runs this replica took over from a replica that stopped renewing its lease.",
+            ["outcome"],
+            registry=registry,
+        )
 
         # Series exist from the start at 0, so increase() and rate() see their first increment.
         for code in WEBHOOK_CODES:
             self.webhook_requests.labels(code=code)
         for status in ("firing", "resolved"):
             self.alerts_received.labels(status=status)
+        for change in ("elected", "lost"):
+            self.leader_changes.labels(change=change)
+        for outcome in ("resumed", "interrupted"):
+            self.takeovers.labels(outcome=outcome)
 
     def count_permission_denied(self, verb: str | None, resource: str | None) -> None:
         """One 403; label values are what remediator asks for, so they stay bounded."""

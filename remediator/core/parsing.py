@@ -143,6 +143,7 @@ def parse_playbook(
         ),
         target=raw["target"],
         dry_run=raw.get("dry_run", False),
+        resume=raw.get("resume", False),
         safety=merge_policy(defaults, raw.get("safety", {})),
         labels_used=scope.referenced_labels(template_sources(raw)),
         steps=tuple(_parse_step(s) for s in raw["steps"]),

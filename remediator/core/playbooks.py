@@ -134,6 +134,8 @@ class Playbook:
     on_failure: tuple[Step, ...] = ()
     verify: Verification | None = None
     dry_run: bool = False
+    resume: bool = False
+    """A run taken over after its replica died continues even if mutating steps remain."""
     safety: SafetyPolicy = field(default_factory=SafetyPolicy)
     labels_used: frozenset[str] = frozenset()
     """Alert labels the templates read; their values are scope-checked before any rendering."""

@@ -42,6 +42,8 @@ class StepOutcome(enum.StrEnum):
     DRY_RUN = "dry_run"
     """A mutating step that only reported what it would do."""
     TIMED_OUT = "timed_out"
+    UNKNOWN = "unknown"
+    """In flight when its replica died: whether it acted is not known."""
 
 
 class AuditKind(enum.StrEnum):
@@ -69,6 +71,11 @@ class AuditKind(enum.StrEnum):
     APPROVAL_REQUESTED = "approval_requested"
     APPROVAL_DECIDED = "approval_decided"
     ESCALATION_SENT = "escalation_sent"
+    RUN_TAKEN_OVER = "run_taken_over"
+    """A replica took over a run whose replica stopped renewing its lease."""
+    RUN_RESUMED = "run_resumed"
+    LEADER_ELECTED = "leader_elected"
+    LEADER_LOST = "leader_lost"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +196,26 @@ class StepRecord:
     error: str | None = None
     output: Mapping[str, Any] = field(default_factory=dict)
     """A bounded summary of what the action returned."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Takeover:
+    """A run this replica took over: what was done, and what was in flight."""
+
+    run: RunRecord
+    previous_owner: str | None
+    steps: tuple[StepRecord, ...]
+    """As recorded, in order, the in-flight step included (outcome ``unknown``)."""
+    in_flight: str | None
+    """The name of the step that was in flight, if one was."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Adoption:
+    """What one look for orphaned runs gave this replica."""
+
+    queued: tuple[RunRecord, ...] = ()
+    taken_over: tuple[Takeover, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -258,6 +258,12 @@ def playbook_schema(catalog: ActionCatalog | None = None) -> dict[str, Any]:
                 "type": "boolean",
                 "description": "Mutating steps of this playbook only report what they would do.",
             },
+            "resume": {
+                "type": "boolean",
+                "description": "When the replica running it dies, another one resumes the run "
+                "after the step that was in flight, even if mutating steps remain. Without it "
+                "a run resumes only when every step left is read-only.",
+            },
             "safety": _SAFETY,
             "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/step"}},
             "on_failure": {

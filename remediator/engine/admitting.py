@@ -90,10 +90,12 @@ class AdmissionBatcher:
         store: state.StateStore,
         clock: Callable[[], float],
         known_targets: Callable[[], int | None],
+        owner: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._known_targets = known_targets
+        self._owner = owner
         self._waiting: list[tuple[list[Admission], asyncio.Future[list[AdmissionResult]]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -112,7 +114,10 @@ class AdmissionBatcher:
             flat = [admission for admissions, _ in batch for admission in admissions]
             try:
                 results = await self._store.admit(
-                    flat, now=self._clock(), known_targets=self._known_targets()
+                    flat,
+                    now=self._clock(),
+                    known_targets=self._known_targets(),
+                    owner=self._owner(),
                 )
             except asyncio.CancelledError:
                 for _, future in batch:
@@ -156,6 +161,7 @@ class Admitter:
         make_run_id: Callable[[], str] | None = None,
         known_targets: Callable[[], int | None] = lambda: None,
         escalator: envelope.Escalator | None = None,
+        owner: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._escalator = escalator
         self._scheduler = scheduler
@@ -164,7 +170,9 @@ class Admitter:
         self._only_highest = only_highest
         self._dry_run = dry_run
         self._make_run_id = make_run_id or RunIds()
-        self._batches = AdmissionBatcher(store=store, clock=clock, known_targets=known_targets)
+        self._batches = AdmissionBatcher(
+            store=store, clock=clock, known_targets=known_targets, owner=owner
+        )
 
     async def admit(self, webhook: Webhook) -> Admitted:
         playbooks = self._playbooks()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from remediator.adapters import metrics, state
-from remediator.core.runs import AuditEvent, AuditKind, Breaker, StormKey
+from remediator.core.runs import AuditEvent, AuditKind, Breaker, StepOutcome, StormKey, Takeover
 from remediator.engine.actions import notify
 from remediator.engine.actions.registry import ActionContext, Resources
 
@@ -30,35 +31,67 @@ class ApprovalDecision:
 
 
 class Approvals:
-    """Runs waiting for an operator; the API resolves them, a timeout rejects them."""
+    """Runs waiting for an operator. Decisions are durable in the store, so an operator may
+    decide on any replica: the waiting replica is woken at once when it is the one that was
+    asked, and otherwise sees the decision at its next look (``poll_interval``). The first
+    decision wins; a run nobody decides on is rejected by ``timeout`` at its deadline."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: state.StateStore, *, poll_interval: float = 0.5) -> None:
+        self._store = store
+        self._poll_interval = poll_interval
         self._waiting: dict[str, asyncio.Future[ApprovalDecision]] = {}
 
     @property
     def waiting(self) -> list[str]:
+        """Runs waiting on this replica."""
         return sorted(self._waiting)
 
     async def wait(self, run_id: str, *, patience: float) -> ApprovalDecision:
-        future: asyncio.Future[ApprovalDecision] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ApprovalDecision] = loop.create_future()
         self._waiting[run_id] = future
+        deadline = loop.time() + patience
         try:
-            async with asyncio.timeout(patience):
-                return await future
-        except TimeoutError:
-            return ApprovalDecision(
-                approved=False, by="timeout", comment=f"no decision within {patience:g}s"
-            )
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    timeout = ApprovalDecision(
+                        approved=False, by="timeout", comment=f"no decision within {patience:g}s"
+                    )
+                    if await self._store.decide_approval(run_id, _as_record(timeout)):
+                        return timeout
+                    # Someone decided in the last moment: that decision stands.
+                    return _decision(await self._store.approval_of(run_id)) or timeout
+                await asyncio.wait({future}, timeout=min(self._poll_interval, remaining))
+                if future.done():
+                    return future.result()
+                if (found := _decision(await self._store.approval_of(run_id))) is not None:
+                    return found
         finally:
             self._waiting.pop(run_id, None)
 
-    def decide(self, run_id: str, decision: ApprovalDecision) -> bool:
+    async def decide(self, run_id: str, decision: ApprovalDecision) -> bool:
         """False when no run with that id is waiting (unknown, finished, or already decided)."""
-        future = self._waiting.get(run_id)
-        if future is None or future.done():
+        if not await self._store.decide_approval(run_id, _as_record(decision)):
             return False
-        future.set_result(decision)
+        future = self._waiting.get(run_id)
+        if future is not None and not future.done():
+            future.set_result(decision)
         return True
+
+
+def _as_record(decision: ApprovalDecision) -> dict[str, object]:
+    return {"approved": decision.approved, "by": decision.by, "comment": decision.comment}
+
+
+def _decision(record: Mapping[str, Any] | None) -> ApprovalDecision | None:
+    if record is None:
+        return None
+    return ApprovalDecision(
+        approved=bool(record.get("approved")),
+        by=str(record.get("by", "")),
+        comment=str(record.get("comment", "")),
+    )
 
 
 class Escalator:
@@ -106,12 +139,45 @@ class Escalator:
             f"playbook {storm.playbook} are suspended",
         )
 
-    def _spawn(self, kind: str, *, playbook: str, target: str | None, text: str) -> None:
-        task = asyncio.create_task(self._send(kind, playbook=playbook, target=target, text=text))
+    def run_taken_over(self, takeover: Takeover, *, resumed: bool, reason: str) -> None:
+        """One message per takeover: a human should know automation lost track of a step."""
+        run = takeover.run
+        done = [s.name for s in takeover.steps if s.outcome != StepOutcome.UNKNOWN]
+        flying = (
+            f"step {takeover.in_flight!r} was in flight (outcome unknown)"
+            if takeover.in_flight
+            else "no step was in flight"
+        )
+        ending = "resumed after it" if resumed else "ended interrupted"
+        self._spawn(
+            "run_taken_over",
+            playbook=run.playbook,
+            target=run.target,
+            text=f"remediator: run {run.run_id} of playbook {run.playbook} on {run.target} was "
+            f"taken over from replica {takeover.previous_owner or '(none)'}, which stopped "
+            f"renewing its lease; {flying}; done: {', '.join(done) or 'nothing'}; "
+            f"{ending} because {reason}",
+            run_id=run.run_id,
+        )
+
+    def _spawn(
+        self,
+        kind: str,
+        *,
+        playbook: str,
+        target: str | None,
+        text: str,
+        run_id: str | None = None,
+    ) -> None:
+        task = asyncio.create_task(
+            self._send(kind, playbook=playbook, target=target, text=text, run_id=run_id)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, kind: str, *, playbook: str, target: str | None, text: str) -> None:
+    async def _send(
+        self, kind: str, *, playbook: str, target: str | None, text: str, run_id: str | None
+    ) -> None:
         name = self._resources.settings.safety.escalation_target
         outcome, error = "sent", None
         if name is None:
@@ -136,6 +202,7 @@ class Escalator:
             [
                 AuditEvent(
                     kind=AuditKind.ESCALATION_SENT,
+                    run_id=run_id,
                     playbook=playbook,
                     target=target,
                     outcome=outcome,

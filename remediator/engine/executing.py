@@ -30,10 +30,15 @@ from remediator.core.runs import (
     StepRecord,
 )
 from remediator.core.safety import SafetyPolicy
-from remediator.engine import envelope
+from remediator.engine import envelope, scheduling
 from remediator.engine.actions.registry import ActionContext, ActionRegistry, Resources
 
 log = structlog.get_logger(__name__)
+
+
+class RunLostError(Exception):
+    """This replica no longer owns the run (another one took it over, or the store is gone);
+    it stops here without writing anything more. Whoever owns it now records the rest."""
 
 
 class RunHaltedError(Exception):
@@ -90,7 +95,12 @@ class Executor:
         jitter: Callable[[], float] = random.random,
         approvals: envelope.Approvals | None = None,
         escalator: envelope.Escalator | None = None,
+        owner: Callable[[], str | None] = lambda: None,
+        on_store_failure: Callable[[str], None] = lambda run_id: None,
     ) -> None:
+        self._owner = owner
+        self._on_store_failure = on_store_failure
+        self._resuming: dict[str, tuple[RunRecord, int, tuple[StepRecord, ...]]] = {}
         self._approvals = approvals
         self._escalator = escalator
         self._registry = registry
@@ -101,17 +111,53 @@ class Executor:
         self._clock = clock
         self._jitter = jitter
 
-    async def execute(self, run_id: str) -> RunStatus | None:
-        """Claim and run one queued run; None if it was no longer queued (e.g. cancelled) or a
-        safeguard refused its start (the store audits that)."""
-        run = await self._store.claim_run(
-            run_id,
-            now=self._clock(),
-            policy_for=self._policy_of,
-            record_start=True,
-        )
-        if run is None:
+    def prepare_resume(
+        self, run: RunRecord, *, next_step: int, steps: tuple[StepRecord, ...]
+    ) -> None:
+        """A run this replica took over: the next :meth:`execute` of it continues at
+        ``next_step`` of its playbook's steps, with ``steps`` (as recorded) as its past."""
+        self._resuming[run.run_id] = (run, next_step, steps)
+
+    async def execute(self, run_id: str) -> RunStatus | str | None:
+        """Claim and run one queued run (or resume a taken-over one); None if it was no longer
+        queued (e.g. cancelled), a safeguard refused its start (the store audits that), or the
+        run was lost to another replica; :data:`scheduling.DEFERRED` if it cannot start yet
+        (its target is busy on another replica, or the store is away)."""
+        resuming = self._resuming.pop(run_id, None)
+        if resuming is not None:
+            run, start, past = resuming
+        else:
+            try:
+                claimed = await self._store.claim_run(
+                    run_id,
+                    now=self._clock(),
+                    policy_for=self._policy_of,
+                    record_start=True,
+                    owner=self._owner(),
+                )
+            except state.TargetBusyError:
+                return scheduling.DEFERRED
+            except state.StateError:
+                log.warning("run_claim_failed", run_id=run_id, exc_info=True)
+                return scheduling.DEFERRED
+            if claimed is None:
+                return None
+            run, start, past = claimed, 0, ()
+        try:
+            return await self._execute_claimed(run, start=start, past=past)
+        except RunLostError as e:
+            log.warning("run_lost", run_id=run.run_id, reason=str(e))
             return None
+        except state.StateError:
+            # Nothing more about this run can be recorded here; once the store answers again
+            # the run is handed over (in-flight step unknown) like one whose replica died.
+            log.exception("run_abandoned_store_failed", run_id=run.run_id)
+            self._on_store_failure(run.run_id)
+            return None
+
+    async def _execute_claimed(
+        self, run: RunRecord, *, start: int, past: tuple[StepRecord, ...]
+    ) -> RunStatus:
         with structlog.contextvars.bound_contextvars(
             run_id=run.run_id,
             playbook=run.playbook,
@@ -128,7 +174,7 @@ class Executor:
                 )
             started = self._clock()
             try:
-                status, error = await self._execute(run, playbook)
+                status, error = await self._execute(run, playbook, start=start, past=past)
             except asyncio.CancelledError:
                 # Shutdown after the grace period: the run is recorded as interrupted, then
                 # the cancellation continues so the daemon can exit.
@@ -136,9 +182,14 @@ class Executor:
                     run, RunStatus.INTERRUPTED, started=started, error="interrupted by shutdown"
                 )
                 raise
+            except RunLostError:
+                raise
             except Exception as e:
-                # A bug (say, an action output the store cannot write) must end this run as
-                # failed; escaping would leave it "running" in the store until a restart.
+                # An outage of the store is the caller's to handle (hand the run over). A bug
+                # (say, an action output the store cannot write) must end this run as failed;
+                # escaping would leave it "running" in the store until a restart.
+                if isinstance(e, state.StateError) and not isinstance(e, state.UnstorableError):
+                    raise
                 log.exception("run_crashed")
                 reason = redaction.redact_text(str(e), secrets=self._resources.secrets)
                 status, error = (
@@ -151,7 +202,14 @@ class Executor:
         found = self._playbooks().by_name(playbook)
         return found.safety if found is not None else None
 
-    async def _execute(self, run: RunRecord, playbook: Playbook) -> tuple[RunStatus, str | None]:
+    async def _execute(
+        self,
+        run: RunRecord,
+        playbook: Playbook,
+        *,
+        start: int = 0,
+        past: tuple[StepRecord, ...] = (),
+    ) -> tuple[RunStatus, str | None]:
         run_state = _RunState(
             run=run,
             playbook=playbook,
@@ -160,12 +218,14 @@ class Executor:
                 "target": run.target,
                 "playbook": playbook.name,
                 "run": {"id": run.run_id, "dry_run": run.dry_run},
-                "steps": {},
+                # A resumed run sees what its steps recorded (redacted, summarized outputs).
+                "steps": {r.name: {"outcome": str(r.outcome), "output": r.output} for r in past},
             },
+            index=max((r.index for r in past), default=-1) + 1,
         )
         status, error = RunStatus.SUCCEEDED, None
         try:
-            for step in playbook.steps:
+            for step in playbook.steps[start:]:
                 result = await self._step(run_state, Phase.STEPS, step)
                 if not result.ok:
                     status, error = RunStatus.FAILED, f"step {step.name!r}: {result.error}"
@@ -288,7 +348,9 @@ class Executor:
                     rendered = templating.render_params(dict(step.params), run_state.context)
                     typed = params.build(action.spec.params, rendered)
                     rendered = params.to_json(typed)
-                    refused = await self._gate(run_state, step, typed, rendered)
+                    refused = await self._gate(
+                        run_state, step, typed, rendered, phase=phase, mark=record, begun=started
+                    )
                     result = refused or await self._perform(
                         run_state, step, typed, time_limit=time_limit or step.timeout, retry=retry
                     )
@@ -321,18 +383,26 @@ class Executor:
         return result
 
     async def _gate(
-        self, run_state: _RunState, step: Step, typed: Any, rendered: Mapping[str, Any]
+        self,
+        run_state: _RunState,
+        step: Step,
+        typed: Any,
+        rendered: Mapping[str, Any],
+        *,
+        phase: Phase,
+        mark: bool,
+        begun: float,
     ) -> StepResult | None:
         """The envelope's last word right before a step acts; a result when it must not.
 
-        Raises :class:`RunHaltedError` when the whole run must stop (kill switch, rejection).
+        Raises :class:`RunHaltedError` when the whole run must stop (kill switch, rejection),
+        :class:`RunLostError` when another replica owns the run now. A recorded mutating step
+        that may act is marked in flight first (``mark``), so that a takeover knows it began.
         """
         spec = self._registry.get(step.action).spec
         mutating = spec.is_mutating(typed)
         if not mutating:
             return None
-        if await self._store.is_paused():
-            raise RunHaltedError(RunStatus.INTERRUPTED, "remediation paused (kill switch)")
         policy = run_state.playbook.safety
         destructive = spec.is_destructive(typed)
         if destructive and not policy.allow_destructive:
@@ -340,20 +410,36 @@ class Executor:
                 outcome=StepOutcome.FAILED,
                 error=f"{step.action} is destructive and the playbook does not allow it",
             )
-        if run_state.run.dry_run or not safety.needs_approval(
+        if not run_state.run.dry_run and safety.needs_approval(
             policy, mutating=mutating, destructive=destructive
         ):
-            return None
-        decision = await self._await_approval(run_state, step, rendered, policy)
-        if not decision.approved:
-            comment = f": {decision.comment}" if decision.comment else ""
-            raise RunHaltedError(
-                RunStatus.REJECTED, f"step {step.name!r} rejected by {decision.by}{comment}"
-            )
-        # The wait can be long; an approval given after the kill switch was thrown must not
-        # override it.
-        if await self._store.is_paused():
+            if await self._store.is_paused():
+                raise RunHaltedError(RunStatus.INTERRUPTED, "remediation paused (kill switch)")
+            decision = await self._await_approval(run_state, step, rendered, policy)
+            if not decision.approved:
+                comment = f": {decision.comment}" if decision.comment else ""
+                raise RunHaltedError(
+                    RunStatus.REJECTED, f"step {step.name!r} rejected by {decision.by}{comment}"
+                )
+        # Also after a long approval wait: an approval given after the kill switch was thrown
+        # must not override it.
+        flying = (
+            {
+                "index": run_state.index,
+                "phase": str(phase),
+                "name": step.name,
+                "action": step.action,
+                "started_at": begun,
+                "params": redaction.redact(dict(rendered), secrets=self._resources.secrets),
+            }
+            if mark
+            else None
+        )
+        verdict = await self._store.begin_step(run_state.run.run_id, flying, owner=self._owner())
+        if verdict == "paused":
             raise RunHaltedError(RunStatus.INTERRUPTED, "remediation paused (kill switch)")
+        if verdict == "lost":
+            raise RunLostError("another replica owns this run now")
         return None
 
     async def _await_approval(
@@ -508,7 +594,10 @@ class Executor:
                 "output": safe_output,
             },
         )
-        await self._store.record_step(record, events=[event])
+        try:
+            await self._store.record_step(record, events=[event], owner=self._owner())
+        except state.RunLostError as e:
+            raise RunLostError(str(e)) from e
 
     async def _finish(
         self, run: RunRecord, status: RunStatus, *, started: float, error: str | None
@@ -526,14 +615,18 @@ class Executor:
             details={"duration": round(now - started, 3)},
         )
         playbook = self._playbooks().by_name(run.playbook)
-        opened = await self._store.finish_run(
-            run.run_id,
-            status,
-            now=now,
-            error=error,
-            events=[event],
-            breaker=playbook.safety.breaker if playbook is not None else None,
-        )
+        try:
+            opened = await self._store.finish_run(
+                run.run_id,
+                status,
+                now=now,
+                error=error,
+                events=[event],
+                breaker=playbook.safety.breaker if playbook is not None else None,
+                owner=self._owner(),
+            )
+        except state.RunLostError as e:
+            raise RunLostError(str(e)) from e
         if self._escalator is not None:
             self._escalator.breakers_opened(opened)
         self._metrics.run_finished(

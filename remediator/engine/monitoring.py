@@ -217,6 +217,12 @@ class StoreMonitor:
             )
         self.probe_loop: ProbeLoop | None = None
 
+    def forget_stores(self) -> None:
+        """After ``run`` was cancelled because leadership moved: the new leader exports the
+        store series now."""
+        self.directory.forget_all()
+        self.probe_loop = None
+
     async def synced(self) -> None:
         """Return once every informer has listed its collection once and the phases of what
         they found are derived (at once without a Kubernetes client)."""

@@ -18,6 +18,9 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+DEFERRED = "deferred"
+"""An ``execute`` result meaning "not now": the run goes back to the queue after a delay."""
+
 
 @dataclass(frozen=True, slots=True)
 class QueuedRun:
@@ -49,7 +52,10 @@ class Scheduler:
         concurrency: int,
         execute: Callable[[str], Awaitable[object]],
         playbook_limit: Callable[[str], int | None] = lambda playbook: None,
+        retry_delay: float = 1.0,
     ) -> None:
+        self._retry_delay = retry_delay
+        self._deferred: dict[str, asyncio.TimerHandle] = {}
         self._playbook_limit = playbook_limit
         self._per_playbook: Counter[str] = Counter()
         self._capacity = capacity
@@ -84,8 +90,13 @@ class Scheduler:
         return Reservation(self, size)
 
     def restore(self, runs: Iterable[QueuedRun]) -> None:
-        """Re-enqueue runs recovered from the store at start-up, ignoring capacity."""
+        """Enqueue runs recovered from the store (at start-up, or adopted from a replica that
+        died), ignoring capacity; runs already here are not added twice."""
         for run in runs:
+            if run.run_id in self._deferred or any(
+                r.run_id == run.run_id for r in self._running.values()
+            ):
+                continue
             self._pending[run.run_id] = run
         self._dispatch()
 
@@ -137,11 +148,35 @@ class Scheduler:
 
     async def _run(self, run: QueuedRun) -> None:
         try:
-            await self._execute(run.run_id)
+            outcome = await self._execute(run.run_id)
         except asyncio.CancelledError:
             raise
         except Exception:  # the executor audits its own failures; this guards the scheduler
             log.exception("run_crashed", run_id=run.run_id)
+            return
+        if outcome == DEFERRED:
+            # Its target is busy on another replica, or the store is away: try again later,
+            # without holding a slot meanwhile.
+            self._deferred[run.run_id] = asyncio.get_running_loop().call_later(
+                self._retry_delay, self._undefer, run
+            )
+
+    def _undefer(self, run: QueuedRun) -> None:
+        self._deferred.pop(run.run_id, None)
+        if self._accepting:
+            self._pending[run.run_id] = run
+            self._dispatch()
+
+    def abandon(self) -> None:
+        """This replica lost its lease: stop every run here and forget the queue (another
+        replica owns those runs now; any left over are adopted again by the lease keeper)."""
+        for handle in self._deferred.values():
+            handle.cancel()
+        self._deferred.clear()
+        self._pending.clear()
+        for task in self._running:
+            task.cancel()
+        self._update_idle()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         run = self._running.pop(task)
@@ -151,7 +186,7 @@ class Scheduler:
         self._update_idle()
 
     def _update_idle(self) -> None:
-        if self._running or (self._pending and self._accepting):
+        if self._running or ((self._pending or self._deferred) and self._accepting):
             self._idle.clear()
         else:
             self._idle.set()
@@ -167,6 +202,9 @@ class Scheduler:
         after the next start-up.
         """
         self._accepting = False
+        for handle in self._deferred.values():
+            handle.cancel()
+        self._deferred.clear()
         self._update_idle()
         if self._running:
             _, late = await asyncio.wait(list(self._running), timeout=grace)

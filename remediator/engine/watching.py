@@ -513,6 +513,18 @@ class StoreDirectory:
         self._metrics.forget_store(store.ref, phase=phase)
         log.info("store_gone", store_id=store.ref.store_id, namespace=namespace)
 
+    def forget_all(self) -> None:
+        """Drop every store and its series: this replica stopped watching (it lost the
+        leadership), and a follower must not export a store_up nobody updates any more."""
+        for namespace in list(self._stores):
+            self._remove(namespace)
+        self._apps.clear()
+        self._dbs.clear()
+        self._ingresses.clear()
+        self._provisioner = {}
+        self.live.clear()
+        self._notify()
+
     def _reevaluate(self, namespace: str) -> None:
         store = self._stores.get(namespace)
         if store is not None:

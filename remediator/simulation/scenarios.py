@@ -287,7 +287,7 @@ async def _answer_approvals(approvals: envelope.Approvals, answer: str | None) -
             approved = answer == "approve"
             comment = "" if answer else "the scenario gives no approval"
             decision = envelope.ApprovalDecision(approved=approved, by="scenario", comment=comment)
-            approvals.decide(run_id, decision)
+            await approvals.decide(run_id, decision)
         await asyncio.sleep(0.002)
 
 

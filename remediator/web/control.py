@@ -117,13 +117,17 @@ async def reset(services: Services, *, playbook: str, target: str | None, by: st
     return closed
 
 
-def decide(services: Services, run_id: str, decision: envelope.ApprovalDecision) -> bool:
+async def decide(services: Services, run_id: str, decision: envelope.ApprovalDecision) -> bool:
     """False when no run with that id is waiting for an approval."""
-    return services.approvals.decide(run_id, decision)
+    return await services.approvals.decide(run_id, decision)
 
 
 async def safety_status(request: web.Request, services: Services) -> web.Response:
     status = await services.store.safety_status(now=time.time())
+    # From the store, not this replica's waiters: a run may wait on any replica.
+    waiting = await services.store.list_runs(
+        runs.RunFilter(outcome=str(runs.RunStatus.AWAITING_APPROVAL)), limit=1000
+    )
     return web.json_response(
         {
             "paused": dict(status.paused) if status.paused else None,
@@ -137,7 +141,7 @@ async def safety_status(request: web.Request, services: Services) -> web.Respons
                 for b in status.breakers
             ],
             "storms": [{"playbook": s.playbook, "alertname": s.alertname} for s in status.storms],
-            "awaiting_approval": services.approvals.waiting,
+            "awaiting_approval": sorted(r.run_id for r in waiting.items),
         }
     )
 
@@ -171,7 +175,7 @@ async def _decide(request: web.Request, services: Services, *, approved: bool) -
     decision = envelope.ApprovalDecision(
         approved=approved, by=parse_actor(body), comment=parse_text(body, "comment")
     )
-    if not decide(services, run_id, decision):
+    if not await decide(services, run_id, decision):
         return web.json_response(
             {"error": "not_awaiting_approval", "message": "no run with that id is waiting"},
             status=409,

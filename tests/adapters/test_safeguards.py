@@ -479,7 +479,8 @@ async def test_an_expired_breaker_does_not_block_the_next_trip(
     store: state.SqlStateStore,
 ) -> None:
     feed = Feed(store, dataclasses.replace(OPEN, breaker=BreakerPolicy(failures=1, reset_after=60)))
-    late = await feed.queue("store-1", now=1000.0)
+    # One run per target: the run that fails late is on another target.
+    late = await feed.queue("store-2", now=1000.0)
     assert await store.claim_run(late, now=1000.0, policy=feed.safety) is not None
     assert len(await feed.run("store-1", runs.RunStatus.FAILED, now=1001.0)) == 2
 
@@ -488,7 +489,7 @@ async def test_an_expired_breaker_does_not_block_the_next_trip(
         late, runs.RunStatus.FAILED, now=1100.0, breaker=feed.safety.breaker
     )
 
-    assert [(b.target, b.opened_at) for b in opened] == [("store-1", 1100.0), (None, 1100.0)]
+    assert [(b.target, b.opened_at) for b in opened] == [("store-2", 1100.0), (None, 1100.0)]
     assert len(await audit(store, runs.AuditKind.BREAKER_CLOSED)) == 2
 
 

@@ -307,10 +307,15 @@ class CountingStore(state.SqliteStateStore):
         self.admit_calls: list[int] = []
 
     async def admit(
-        self, admissions: Sequence[Admission_], *, now: float, known_targets: int | None = None
+        self,
+        admissions: Sequence[Admission_],
+        *,
+        now: float,
+        known_targets: int | None = None,
+        owner: str | None = None,
     ) -> list[AdmissionResult]:
         self.admit_calls.append(len(admissions))
-        return await super().admit(admissions, now=now, known_targets=known_targets)
+        return await super().admit(admissions, now=now, known_targets=known_targets, owner=owner)
 
 
 def one_store(store_id: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def kinds(records: Sequence[AuditRecord]) -> list[str]:
 
 async def run_one(
     engine: Engine, playbooks: PlaybookSet, *, dry_run: bool = False, secrets: tuple[str, ...] = ()
-) -> tuple[str, RunStatus | None]:
+) -> tuple[str, RunStatus | str | None]:
     (run_id,) = await engine.queue(playbooks, dry_run=dry_run)
     status = await engine.executor(playbooks, secrets=secrets).execute(run_id)
     return run_id, status

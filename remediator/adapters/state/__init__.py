@@ -16,10 +16,13 @@ from collections.abc import Callable
 
 from remediator.adapters.state.contract import (
     RunDetail,
+    RunLostError,
     RunStateError,
     SafetyStatus,
     StateError,
     StateStore,
+    TargetBusyError,
+    UnstorableError,
 )
 from remediator.adapters.state.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from remediator.adapters.state.postgres import PostgresStateStore
@@ -33,12 +36,15 @@ __all__ = [
     "SCHEMA_VERSION",
     "PostgresStateStore",
     "RunDetail",
+    "RunLostError",
     "RunStateError",
     "SafetyStatus",
     "SqlStateStore",
     "SqliteStateStore",
     "StateError",
     "StateStore",
+    "TargetBusyError",
+    "UnstorableError",
     "open_readonly",
     "open_store",
 ]

@@ -21,6 +21,18 @@ class RunStateError(StateError):
     """A run does not exist, or its status does not allow the requested change."""
 
 
+class RunLostError(RunStateError):
+    """The run is owned by another replica now (it took the run over); stop writing to it."""
+
+
+class UnstorableError(StateError):
+    """A value cannot be written (not JSON): a bug in what was handed over, not an outage."""
+
+
+class TargetBusyError(StateError):
+    """A run cannot start yet: another run on its target is in progress (on any replica)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RunDetail:
     run: runs.RunRecord
@@ -49,6 +61,7 @@ class StateStore(Protocol):
         *,
         now: float,
         known_targets: int | None = None,
+        owner: str | None = None,
     ) -> list[runs.AdmissionResult]:
         """Apply a whole webhook's admissions atomically; durable once this returns."""
 
@@ -61,6 +74,7 @@ class StateStore(Protocol):
         policy: safety.SafetyPolicy | None = None,
         policy_for: Callable[[str], safety.SafetyPolicy | None] | None = None,
         record_start: bool = False,
+        owner: str | None = None,
     ) -> runs.RunRecord | None:
         """QUEUED → RUNNING, or None if the run is no longer queued (e.g. cancelled)."""
 
@@ -73,6 +87,7 @@ class StateStore(Protocol):
         error: str | None = None,
         events: Sequence[runs.AuditEvent] = (),
         breaker: safety.BreakerPolicy | None = None,
+        owner: str | None = None,
     ) -> list[runs.Breaker]: ...
 
     async def set_run_status(
@@ -90,6 +105,7 @@ class StateStore(Protocol):
         *,
         events: Sequence[runs.AuditEvent] = (),
         now: float | None = None,
+        owner: str | None = None,
     ) -> None: ...
 
     async def append_audit(
@@ -116,9 +132,33 @@ class StateStore(Protocol):
         known_targets: int | None = None,
     ) -> safety.Decision: ...
 
-    async def queued_runs(self) -> list[runs.RunRecord]: ...
+    async def begin_step(
+        self, run_id: str, step: Mapping[str, Any] | None, *, owner: str | None = None
+    ) -> str | None: ...
 
-    async def interrupt_unfinished(self, *, now: float, reason: str) -> list[runs.RunRecord]: ...
+    async def heartbeat(
+        self,
+        replica_id: str,
+        *,
+        host: str,
+        now: float,
+        ttl: float,
+        known_targets: int | None = None,
+    ) -> int | None: ...
+
+    async def release_replica(self, replica_id: str) -> int: ...
+
+    async def adopt_orphans(
+        self, replica_id: str, *, now: float, everyone_else: bool = False
+    ) -> runs.Adoption: ...
+
+    async def disown(self, run_id: str, owner: str) -> bool: ...
+
+    async def decide_approval(self, run_id: str, decision: Mapping[str, Any]) -> bool: ...
+
+    async def approval_of(self, run_id: str) -> dict[str, Any] | None: ...
+
+    async def queued_runs(self) -> list[runs.RunRecord]: ...
 
     async def get_run(self, run_id: str) -> RunDetail | None: ...
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -158,6 +159,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX breakers_by_key ON breakers (playbook, target, closed_at);
     """,
+    """
+    ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE runs ADD COLUMN taken_over INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN in_flight TEXT;
+    ALTER TABLE runs ADD COLUMN approval TEXT;
+    CREATE INDEX runs_by_owner ON runs (owner, status);
+    CREATE INDEX runs_by_target_status ON runs (target, status);
+    CREATE TABLE replicas (
+        replica_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        renewed_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        known_targets INTEGER
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -228,6 +245,9 @@ class PostgresStateStore(SqlStateStore):
             return psycopg.connect(autocommit=True, **{**self.connection_kwargs(), **overrides})
         except psycopg.Error as e:
             raise StateError(f"cannot connect to {self.name}: {_first_line(e)}") from e
+
+    def leader_elector(self) -> AdvisoryLockElector:
+        return AdvisoryLockElector(self, timeout=self._connect_timeout)
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -390,3 +410,50 @@ def _first_line(error: Exception) -> str:
     """libpq messages carry hints on later lines; one line keeps logs and CLI errors tidy."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+LEADER_LOCK = 0x72656D03
+"""Session advisory lock held by the leader (without a Kubernetes cluster)."""
+
+
+class AdvisoryLockElector:
+    """Leader election on a session advisory lock, on a connection outside the pool.
+
+    The server releases the lock the moment the holder's session ends, so a follower's next
+    ``try_lead`` after the leader died wins it; a leader whose connection breaks stops leading.
+    """
+
+    name = "postgresql"
+
+    def __init__(self, store: PostgresStateStore, *, timeout: float = 5.0) -> None:
+        self._store = store
+        self._timeout = timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._held = False
+
+    async def try_lead(self) -> bool:
+        return await asyncio.to_thread(self._try_lead_blocking)
+
+    async def resign(self) -> None:
+        await asyncio.to_thread(self._drop)
+
+    def _try_lead_blocking(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._held = False
+                self._conn = self._store.connect(connect_timeout=max(1, round(self._timeout)))
+            if self._held:
+                self._conn.execute("SELECT 1")  # still our session, so still our lock
+                return True
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+            self._held = bool(row and row[0])
+            return self._held
+        except (psycopg.Error, StateError):
+            self._drop()
+            return False
+
+    def _drop(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()

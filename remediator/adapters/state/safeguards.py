@@ -217,10 +217,13 @@ def trip_breakers(
         ).fetchone()[0]
         marks = ", ".join("?" * len(JUDGED_STATUSES))
         target_clause = "AND target = ?" if key else ""
+        # A run taken over from a dead replica counts as a failure, whatever came after: its
+        # automation lost track of a step mid-flight, and that must stop after a few times.
         rows = conn.execute(
-            f"SELECT status FROM runs WHERE playbook = ? {target_clause}"  # noqa: S608
-            f" AND status IN ({marks}) AND finished_at > ? ORDER BY finished_at DESC, id DESC"
-            " LIMIT ?",
+            "SELECT CASE WHEN taken_over = 1 THEN 'failed' ELSE status END FROM runs"  # noqa: S608
+            f" WHERE playbook = ? {target_clause}"
+            f" AND (status IN ({marks}) OR taken_over = 1) AND finished_at > ?"
+            " ORDER BY finished_at DESC, id DESC LIMIT ?",
             (
                 playbook,
                 *((key,) if key else ()),
@@ -239,6 +242,11 @@ def trip_breakers(
                 Breaker(playbook=playbook, target=key or None, opened_at=now, closes_at=closes_at)
             )
     return opened
+
+
+def was_taken_over(conn: Connection, run_id: str) -> bool:
+    row = conn.execute("SELECT taken_over FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return bool(row and row[0])
 
 
 def close_breakers(

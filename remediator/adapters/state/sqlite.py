@@ -146,6 +146,24 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX breakers_by_key ON breakers (playbook, target, closed_at);
 """,
+    # Several replicas (the PostgreSQL backend shares these transactions): who owns each run,
+    # the step in flight, durable approval decisions, and the replicas' leases.
+    """
+    ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE runs ADD COLUMN taken_over INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN in_flight TEXT;
+    ALTER TABLE runs ADD COLUMN approval TEXT;
+    CREATE INDEX runs_by_owner ON runs (owner, status);
+    CREATE INDEX runs_by_target_status ON runs (target, status);
+    CREATE TABLE replicas (
+        replica_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        known_targets INTEGER
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -87,11 +87,14 @@ class SqlStateStore(abc.ABC):
         *,
         now: float,
         known_targets: int | None = None,
+        owner: str | None = None,
     ) -> list[runs.AdmissionResult]:
-        """Dedupe, then create each candidate run its safety policy allows (one transaction)."""
+        """Dedupe, then create each candidate run its safety policy allows (one transaction);
+        ``owner``, the admitting replica, is to execute the runs."""
         batch = tuple(admissions)
         return await self._transact(
-            "admit", lambda c: tx.admit(c, batch, now=now, known_targets=known_targets)
+            "admit",
+            lambda c: tx.admit(c, batch, now=now, known_targets=known_targets, owner=owner),
         )
 
     # Runs
@@ -105,9 +108,11 @@ class SqlStateStore(abc.ABC):
         policy: safety.SafetyPolicy | None = None,
         policy_for: Callable[[str], safety.SafetyPolicy | None] | None = None,
         record_start: bool = False,
+        owner: str | None = None,
     ) -> runs.RunRecord | None:
-        """QUEUED → RUNNING; ``events`` (and ``run_started`` with ``record_start``) are written
-        only if it wins, in the same transaction.
+        """QUEUED → RUNNING (by ``owner``, if given); :class:`TargetBusyError` while another
+        run on its target is in progress, on any replica. ``events`` (and ``run_started`` with
+        ``record_start``) are written only if it wins, in the same transaction.
 
         With a ``policy`` (or ``policy_for``, given the run's playbook name), the start is
         re-checked: pause, breaker and cooldown may have changed while the run waited. A
@@ -124,6 +129,7 @@ class SqlStateStore(abc.ABC):
                 policy=policy,
                 policy_for=policy_for,
                 record_start=record_start,
+                owner=owner,
             ),
         )
 
@@ -136,6 +142,7 @@ class SqlStateStore(abc.ABC):
         error: str | None = None,
         events: Sequence[runs.AuditEvent] = (),
         breaker: safety.BreakerPolicy | None = None,
+        owner: str | None = None,
     ) -> list[runs.Breaker]:
         """Any unfinished status → ``status`` (a finished one); else :class:`RunStateError`.
 
@@ -149,7 +156,14 @@ class SqlStateStore(abc.ABC):
         return await self._transact(
             "finish_run",
             lambda c: tx.finish_run(
-                c, run_id, status, now=now, error=error, events=pending, breaker=breaker
+                c,
+                run_id,
+                status,
+                now=now,
+                error=error,
+                events=pending,
+                breaker=breaker,
+                owner=owner,
             ),
         )
 
@@ -172,6 +186,9 @@ class SqlStateStore(abc.ABC):
 
         def move(conn: Connection) -> None:
             tx.transition(conn, run_id, to=status, allowed_from=movable)
+            if status is runs.RunStatus.AWAITING_APPROVAL:
+                # A new request: an earlier step's decision does not answer it.
+                conn.execute("UPDATE runs SET approval = NULL WHERE run_id = ?", (run_id,))
             tx.append(conn, pending, now)
 
         await self._transact("set_run_status", move)
@@ -182,28 +199,76 @@ class SqlStateStore(abc.ABC):
         *,
         events: Sequence[runs.AuditEvent] = (),
         now: float | None = None,
+        owner: str | None = None,
     ) -> None:
-        """Store a finished step; ``now`` (the events' time) defaults to the store's clock."""
+        """Store a finished step; ``now`` (the events' time) defaults to the store's clock.
+        With ``owner``, :class:`RunLostError` if another replica owns the run now."""
         when = self._clock() if now is None else now
         pending = tuple(events)
         await self._transact(
-            "record_step", lambda c: tx.record_step(c, step, events=pending, now=when)
+            "record_step",
+            lambda c: tx.record_step(c, step, events=pending, now=when, owner=owner),
         )
+
+    async def begin_step(
+        self, run_id: str, step: Mapping[str, Any] | None, *, owner: str | None = None
+    ) -> str | None:
+        """Right before a mutating step: None if it may act (and it is now in flight), else
+        ``paused`` (the kill switch) or ``lost`` (another replica has taken the run over)."""
+        return await self._transact(
+            "begin_step", lambda c: tx.begin_step(c, run_id, step, owner=owner)
+        )
+
+    # Replicas
+
+    async def heartbeat(
+        self,
+        replica_id: str,
+        *,
+        host: str,
+        now: float,
+        ttl: float,
+        known_targets: int | None = None,
+    ) -> int | None:
+        """Renew ``replica_id``'s lease on its runs until ``now + ttl``; report the targets its
+        discovery knows, and get the most any live replica reported."""
+        return await self._transact(
+            "heartbeat",
+            lambda c: tx.heartbeat(
+                c, replica_id, host=host, now=now, ttl=ttl, known_targets=known_targets
+            ),
+        )
+
+    async def release_replica(self, replica_id: str) -> int:
+        """On a clean shutdown: its queued runs go to the next replica that looks."""
+        return await self._transact("release_replica", lambda c: tx.release(c, replica_id))
+
+    async def adopt_orphans(
+        self, replica_id: str, *, now: float, everyone_else: bool = False
+    ) -> runs.Adoption:
+        """Take every unfinished run whose owner's lease expired (or, with ``everyone_else``,
+        every other owner's); started ones are taken over, audited."""
+        return await self._transact(
+            "adopt_orphans",
+            lambda c: tx.adopt(c, replica_id, now=now, everyone_else=everyone_else),
+        )
+
+    async def disown(self, run_id: str, owner: str) -> bool:
+        """Hand a started run over to the next look for orphans (its step in flight unknown)."""
+        return await self._transact("disown", lambda c: tx.disown(c, run_id, owner))
+
+    async def decide_approval(self, run_id: str, decision: Mapping[str, Any]) -> bool:
+        """Record an operator's (or the timeout's) decision; the first one wins."""
+        return await self._transact(
+            "decide_approval", lambda c: tx.decide_approval(c, run_id, decision)
+        )
+
+    async def approval_of(self, run_id: str) -> dict[str, Any] | None:
+        return await self._transact("approval_of", lambda c: tx.approval_of(c, run_id), write=False)
 
     async def queued_runs(self) -> list[runs.RunRecord]:
         """Oldest first: the order the daemon re-enqueues them in after a restart."""
         return await self._transact("queued_runs", tx.queued_runs, write=False)
-
-    async def interrupt_unfinished(self, *, now: float, reason: str) -> list[runs.RunRecord]:
-        """RUNNING or AWAITING_APPROVAL → INTERRUPTED, one ``run_interrupted`` record each.
-
-        A run awaiting approval is interrupted too: the task that held its rendered context is
-        gone, and resuming half a run after a restart is not something to do unasked.
-        Queued runs are re-enqueued, not interrupted.
-        """
-        return await self._transact(
-            "interrupt_unfinished", lambda c: tx.interrupt_unfinished(c, now=now, reason=reason)
-        )
 
     async def get_run(self, run_id: str) -> RunDetail | None:
         return await self._transact("get_run", lambda c: tx.run_detail(c, run_id), write=False)

@@ -18,7 +18,15 @@ from typing import Any, NoReturn
 
 from remediator.adapters.state import safeguards
 from remediator.adapters.state.connections import Connection
-from remediator.adapters.state.contract import RunDetail, RunStateError, SafetyStatus, StateError
+from remediator.adapters.state.contract import (
+    RunDetail,
+    RunLostError,
+    RunStateError,
+    SafetyStatus,
+    StateError,
+    TargetBusyError,
+    UnstorableError,
+)
 from remediator.core import auditing, errors, planning, runs, safety
 
 UNFINISHED = tuple(str(s) for s in runs.RunStatus if not s.finished)
@@ -45,10 +53,12 @@ def admit(
     *,
     now: float,
     known_targets: int | None,
+    owner: str | None,
 ) -> list[runs.AdmissionResult]:
-    """Dedupe, then create each candidate run its safety policy allows."""
+    """Dedupe, then create each candidate run its safety policy allows; ``owner`` (the
+    admitting replica) executes them unless its lease expires first."""
     append(conn, safeguards.expire_breakers(conn, now=now), now)
-    return [_admit_one(conn, a, now, known_targets) for a in batch]
+    return [_admit_one(conn, a, now, known_targets, owner) for a in batch]
 
 
 def _admit_one(
@@ -56,6 +66,7 @@ def _admit_one(
     admission: runs.Admission,
     now: float,
     known_targets: int | None,
+    owner: str | None,
 ) -> runs.AdmissionResult:
     key = admission.key
     key_values = (key.fingerprint, key.starts_at, str(key.status))
@@ -98,7 +109,7 @@ def _admit_one(
     for new in admission.runs:
         if new.policy is not None:
             decision = _decide(
-                conn, new, new.policy, key, name, now, known_targets, cancelled, storms, created
+                conn, new, key, name, now, known_targets, owner, cancelled, storms, created
             )
             if decision.refusal is not None:
                 refused.append((new.playbook, str(decision.refusal)))
@@ -112,7 +123,7 @@ def _admit_one(
                     now,
                 )
                 continue
-        insert_run(conn, new, key, name, now)
+        insert_run(conn, new, key, name, now, owner=owner)
         created.append(new.run_id)
     return runs.AdmissionResult(
         key=key,
@@ -127,16 +138,18 @@ def _admit_one(
 def _decide(
     conn: Connection,
     new: runs.NewRun,
-    policy: safety.SafetyPolicy,
     key: Any,
     name: str,
     now: float,
     known_targets: int | None,
+    owner: str | None,
     cancelled: list[str],
     storms: list[runs.StormKey],
     created: list[str],
 ) -> safety.Decision:
     """The admission decision for one candidate, with the storm bookkeeping it implies."""
+    policy = new.policy
+    assert policy is not None  # noqa: S101 - the caller decides only runs with a policy
     if str(key.status) == "firing" and policy.storm is not None:
         safeguards.record_sighting(conn, new, name, now)
     snapshot = safeguards.snapshot(conn, new, policy, name, now=now, known_targets=known_targets)
@@ -163,7 +176,7 @@ def _decide(
         )
         if new.on_storm is not None:
             # The declared platform-level playbook runs once, instead of per-target runs.
-            insert_run(conn, new.on_storm, key, name, now)
+            insert_run(conn, new.on_storm, key, name, now, owner=owner)
             created.append(new.on_storm.run_id)
     elif not storming and storm_id is not None:
         append(
@@ -212,6 +225,7 @@ def claim_run(
     policy: safety.SafetyPolicy | None,
     policy_for: Callable[[str], safety.SafetyPolicy | None] | None,
     record_start: bool,
+    owner: str | None,
 ) -> runs.RunRecord | None:
     queued = conn.execute(
         "SELECT playbook, target FROM runs WHERE run_id = ? AND status = ?",
@@ -219,6 +233,12 @@ def claim_run(
     ).fetchone()
     if queued is None:
         return None
+    # One run per target across replicas: the writer lock makes this check and the claim one.
+    if conn.execute(
+        "SELECT 1 FROM runs WHERE target = ? AND status IN (?, ?) LIMIT 1",
+        (queued[1], str(runs.RunStatus.RUNNING), str(runs.RunStatus.AWAITING_APPROVAL)),
+    ).fetchone():
+        raise TargetBusyError(f"target {queued[1]!r} has a run in progress")
     gate = (
         policy
         if policy is not None
@@ -237,8 +257,9 @@ def claim_run(
             return None
     # The status condition is the lock: of two concurrent claims only one matches.
     claimed = conn.execute(
-        "UPDATE runs SET status = ?, started_at = ? WHERE run_id = ? AND status = ?",
-        (str(runs.RunStatus.RUNNING), now, run_id, str(runs.RunStatus.QUEUED)),
+        "UPDATE runs SET status = ?, started_at = ?, owner = COALESCE(?, owner)"
+        " WHERE run_id = ? AND status = ?",
+        (str(runs.RunStatus.RUNNING), now, owner, run_id, str(runs.RunStatus.QUEUED)),
     ).rowcount
     if not claimed:
         return None
@@ -267,17 +288,21 @@ def finish_run(
     error: str | None,
     events: Sequence[runs.AuditEvent],
     breaker: safety.BreakerPolicy | None,
+    owner: str | None,
 ) -> list[runs.Breaker]:
+    check_owner(conn, run_id, owner)
     transition(
         conn,
         run_id,
         to=status,
         allowed_from=UNFINISHED,
-        assignments="finished_at = ?, error = ?",
+        assignments="finished_at = ?, error = ?, in_flight = NULL",
         values=(now, error),
     )
     append(conn, events, now)
-    if breaker is None or status not in safeguards.JUDGED_STATUSES:
+    if breaker is None:
+        return []
+    if status not in safeguards.JUDGED_STATUSES and not safeguards.was_taken_over(conn, run_id):
         return []
     # Close expired breakers first, or one past its time would still block a new trip.
     append(conn, safeguards.expire_breakers(conn, now=now), now)
@@ -303,8 +328,21 @@ def finish_run(
 
 
 def record_step(
-    conn: Connection, step: runs.StepRecord, *, events: Sequence[runs.AuditEvent], now: float
+    conn: Connection,
+    step: runs.StepRecord,
+    *,
+    events: Sequence[runs.AuditEvent],
+    now: float,
+    owner: str | None,
 ) -> None:
+    check_owner(conn, step.run_id, owner)
+    insert_step(conn, step)
+    # The step is no longer in flight: a takeover from here on would not mark it unknown.
+    conn.execute("UPDATE runs SET in_flight = NULL WHERE run_id = ?", (step.run_id,))
+    append(conn, events, now)
+
+
+def insert_step(conn: Connection, step: runs.StepRecord) -> None:
     conn.execute(
         "INSERT INTO steps (run_id, idx, phase, name, action, outcome, params, attempts,"
         " duration, started_at, error, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -323,7 +361,35 @@ def record_step(
             dumps(step.output),
         ),
     )
-    append(conn, events, now)
+
+
+def check_owner(conn: Connection, run_id: str, owner: str | None) -> None:
+    """Only the run's owner writes its steps and outcome; a replica that lost it must stop."""
+    if owner is None:
+        return
+    row = conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is not None and row[0] is not None and row[0] != owner:
+        raise RunLostError(f"run {run_id!r} is now owned by replica {row[0]!r}")
+
+
+def begin_step(
+    conn: Connection, run_id: str, step: Mapping[str, Any] | None, *, owner: str | None
+) -> str | None:
+    """Right before a mutating step acts: None if it may, else why not (``paused``, or
+    ``lost`` when another replica owns the run now). Marks the step in flight."""
+    if safeguards.paused(conn) is not None:
+        return "paused"
+    row = conn.execute("SELECT owner, status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None or row[1] not in (
+        str(runs.RunStatus.RUNNING),
+        str(runs.RunStatus.AWAITING_APPROVAL),
+    ):
+        return "lost"
+    if owner is not None and row[0] is not None and row[0] != owner:
+        return "lost"
+    if step is not None:
+        conn.execute("UPDATE runs SET in_flight = ? WHERE run_id = ?", (dumps(step), run_id))
+    return None
 
 
 def queued_runs(conn: Connection) -> list[runs.RunRecord]:
@@ -333,26 +399,6 @@ def queued_runs(conn: Connection) -> list[runs.RunRecord]:
         (str(runs.RunStatus.QUEUED),),
     ).fetchall()
     return [decode_run(row) for row in rows]
-
-
-def interrupt_unfinished(conn: Connection, *, now: float, reason: str) -> list[runs.RunRecord]:
-    ids = [
-        row[0]
-        for row in conn.execute(
-            "SELECT run_id FROM runs WHERE status IN (?, ?) ORDER BY created_at, id",
-            (str(runs.RunStatus.RUNNING), str(runs.RunStatus.AWAITING_APPROVAL)),
-        )
-    ]
-    interrupted = []
-    for run_id in ids:
-        conn.execute(
-            "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
-            (str(runs.RunStatus.INTERRUPTED), now, reason, run_id),
-        )
-        record = fetch_run(conn, run_id)
-        append(conn, [run_event(runs.AuditKind.RUN_INTERRUPTED, record, reason)], now)
-        interrupted.append(record)
-    return interrupted
 
 
 def run_detail(conn: Connection, run_id: str) -> RunDetail | None:
@@ -403,6 +449,164 @@ def list_runs(
         last = page[-1]
         next_cursor = encode_run_cursor(last["created_at"], last["id"])
     return runs.Page(items=tuple(decode_run(r) for r in page), next_cursor=next_cursor)
+
+
+# Replicas: leases, takeovers, approvals
+
+
+def heartbeat(
+    conn: Connection,
+    replica_id: str,
+    *,
+    host: str,
+    now: float,
+    ttl: float,
+    known_targets: int | None = None,
+) -> int | None:
+    """Renew this replica's lease: every run it owns stays its own until ``now + ttl``.
+
+    ``known_targets``: how many targets this replica's discovery knows (the leader's, None on
+    followers). Returns the largest count a live replica reported, so that every replica
+    sizes storms by the leader's discovery.
+    """
+    conn.execute(
+        "INSERT INTO replicas (replica_id, host, started_at, renewed_at, expires_at,"
+        " known_targets) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (replica_id) DO UPDATE"
+        " SET renewed_at = excluded.renewed_at, expires_at = excluded.expires_at,"
+        " known_targets = excluded.known_targets",
+        (replica_id, host, now, now, now + ttl, known_targets),
+    )
+    row = conn.execute(
+        "SELECT MAX(known_targets) FROM replicas WHERE expires_at > ?", (now,)
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def release(conn: Connection, replica_id: str) -> int:
+    """A clean shutdown: hand the queued runs to whoever looks next; end the lease now."""
+    released = conn.execute(
+        "UPDATE runs SET owner = NULL WHERE owner = ? AND status = ?",
+        (replica_id, str(runs.RunStatus.QUEUED)),
+    ).rowcount
+    conn.execute("DELETE FROM replicas WHERE replica_id = ?", (replica_id,))
+    return released
+
+
+def adopt(conn: Connection, replica_id: str, *, now: float, everyone_else: bool) -> runs.Adoption:
+    """Make this replica the owner of every unfinished run whose owner's lease has expired
+    (with ``everyone_else``: of every other owner, for a single replica after a crash).
+
+    Queued runs simply change hands. A started run is taken over: its step in flight, if any,
+    is recorded ``unknown``; ``run_taken_over`` says who had it and what was done.
+    """
+    # A replica without a live lease of its own must not take anything: what it took would
+    # be an orphan again at once, and it may be the one the others already think dead.
+    if not conn.execute(
+        "SELECT 1 FROM replicas WHERE replica_id = ? AND expires_at > ?", (replica_id, now)
+    ).fetchone():
+        return runs.Adoption()
+    conn.execute("DELETE FROM replicas WHERE expires_at <= ?", (now,))
+    marks = ", ".join("?" * len(UNFINISHED))
+    orphaned = (
+        "(owner IS NULL OR owner != ?)"
+        if everyone_else
+        else "(owner IS NULL OR (owner != ? AND owner NOT IN (SELECT replica_id FROM replicas)))"
+    )
+    rows = conn.execute(
+        f"SELECT run_id, owner, status, in_flight FROM runs WHERE status IN ({marks})"  # noqa: S608
+        f" AND {orphaned} ORDER BY created_at, id",
+        (*UNFINISHED, replica_id),
+    ).fetchall()
+    queued: list[runs.RunRecord] = []
+    taken: list[runs.Takeover] = []
+    for run_id, previous, status, in_flight in rows:
+        if status == str(runs.RunStatus.QUEUED):
+            conn.execute("UPDATE runs SET owner = ? WHERE run_id = ?", (replica_id, run_id))
+            queued.append(fetch_run(conn, run_id))
+            continue
+        conn.execute(
+            "UPDATE runs SET owner = ?, taken_over = 1, status = ?, in_flight = NULL"
+            " WHERE run_id = ?",
+            (replica_id, str(runs.RunStatus.RUNNING), run_id),
+        )
+        flying = json.loads(in_flight) if in_flight else None
+        if flying is not None:
+            _record_unknown(conn, run_id, flying, now)
+        steps = tuple(
+            decode_step(r)
+            for r in conn.execute(
+                "SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,)
+            ).fetchall()
+        )
+        record = fetch_run(conn, run_id)
+        in_flight_name = flying["name"] if flying else None
+        append(
+            conn,
+            [
+                dataclasses.replace(
+                    run_event(runs.AuditKind.RUN_TAKEN_OVER, record, "lease_expired"),
+                    outcome="taken_over",
+                    details={
+                        "from": previous,
+                        "by": replica_id,
+                        "was": status,
+                        "step_in_flight": in_flight_name,
+                        "done": [s.name for s in steps if s.outcome != runs.StepOutcome.UNKNOWN],
+                    },
+                )
+            ],
+            now,
+        )
+        taken.append(
+            runs.Takeover(
+                run=record, previous_owner=previous, steps=steps, in_flight=in_flight_name
+            )
+        )
+    return runs.Adoption(queued=tuple(queued), taken_over=tuple(taken))
+
+
+def _record_unknown(conn: Connection, run_id: str, step: Mapping[str, Any], now: float) -> None:
+    started = float(step["started_at"])
+    insert_step(
+        conn,
+        runs.StepRecord(
+            run_id=run_id,
+            index=int(step["index"]),
+            phase=str(step["phase"]),
+            name=str(step["name"]),
+            action=str(step["action"]),
+            outcome=runs.StepOutcome.UNKNOWN,
+            params=step.get("params", {}),
+            attempts=0,
+            duration=max(0.0, now - started),
+            started_at=started,
+            error="in flight when its replica stopped renewing its lease: outcome unknown",
+        ),
+    )
+
+
+def disown(conn: Connection, run_id: str, owner: str) -> bool:
+    """Give up a started run this replica can no longer record: it is adopted like an orphan."""
+    return bool(
+        conn.execute(
+            "UPDATE runs SET owner = NULL WHERE run_id = ? AND owner = ?", (run_id, owner)
+        ).rowcount
+    )
+
+
+def decide_approval(conn: Connection, run_id: str, decision: Mapping[str, Any]) -> bool:
+    """The first decision on a run awaiting approval wins; False if there was none to take."""
+    return bool(
+        conn.execute(
+            "UPDATE runs SET approval = ? WHERE run_id = ? AND status = ? AND approval IS NULL",
+            (dumps(decision), run_id, str(runs.RunStatus.AWAITING_APPROVAL)),
+        ).rowcount
+    )
+
+
+def approval_of(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT approval FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return None if row is None or row[0] is None else dict(json.loads(row[0]))
 
 
 # Safety envelope
@@ -519,11 +723,19 @@ def transition(
     raise RunStateError(f"run {run_id!r} is {row[0]}, it cannot become {to}")
 
 
-def insert_run(conn: Connection, new: runs.NewRun, key: Any, alertname: str, now: float) -> None:
+def insert_run(
+    conn: Connection,
+    new: runs.NewRun,
+    key: Any,
+    alertname: str,
+    now: float,
+    *,
+    owner: str | None,
+) -> None:
     conn.execute(
         "INSERT INTO runs (run_id, fingerprint, alert_starts_at, alert_status, alertname,"
-        " playbook, target, status, dry_run, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " playbook, target, status, dry_run, created_at, owner)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             new.run_id,
             key.fingerprint,
@@ -535,6 +747,7 @@ def insert_run(conn: Connection, new: runs.NewRun, key: Any, alertname: str, now
             str(runs.RunStatus.QUEUED),
             int(new.dry_run),
             now,
+            owner,
         ),
     )
     append(conn, [planning.queued_event(key, alertname, new)], now)
@@ -670,7 +883,7 @@ def dumps(value: object) -> str:
     try:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, default=jsonable)
     except (TypeError, ValueError) as e:
-        raise StateError(f"cannot store as JSON: {e}") from e
+        raise UnstorableError(f"cannot store as JSON: {e}") from e
 
 
 def jsonable(value: object) -> object:

@@ -106,7 +106,7 @@ async def _decide(
         comment=control.parse_text(form, "comment"),
     )
     back = f"/ui/runs/{run_id}"
-    if not control.decide(request.app[SERVICES], run_id, decision):
+    if not await control.decide(request.app[SERVICES], run_id, decision):
         raise rendering.redirect(
             request, back, notice="That run is no longer waiting for an approval.", error=True
         )

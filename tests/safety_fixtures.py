@@ -286,6 +286,8 @@ class Rig:
             clock=clock,
             jitter=lambda: 0.0,
         )
+        self.library = library
+        self.keeper = engine.keeper
         self.approvals = engine.approvals
         self.escalator = engine.escalator
         self.executor = engine.executor

@@ -7,6 +7,7 @@ counted by reason and answered with a JSON body naming what was wrong.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import structlog
@@ -14,6 +15,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from remediator.adapters import state
 from remediator.core import alerts
 from remediator.core.errors import PayloadError
 from remediator.engine import admitting
@@ -161,10 +163,25 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+READY_CHECK_TIMEOUT = 2.0
+"""Seconds /readyz waits for the state store; kubelet's probe times out at 1 s by default,
+so a slower answer is as bad as none."""
+
+
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[SERVICES].ready():
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not ready"}, status=503)
+    services = request.app[SERVICES]
+    if not services.ready():
+        return web.json_response({"status": "not ready"}, status=503)
+    # Never ready without the database: a replica that cannot make an alert durable must
+    # not get traffic the Service could send to one that can.
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT):
+            await services.store.ping()
+    except (state.StateError, TimeoutError):
+        return web.json_response(
+            {"status": "not ready", "reason": "state store unreachable"}, status=503
+        )
+    return web.json_response({"status": "ready"})
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -358,6 +358,20 @@ async def test_readyz_follows_readiness(client: Client, engine: Engine) -> None:
         assert (await response.json())["status"] == "ready"
 
 
+async def test_readyz_is_never_green_without_the_state_store(
+    client: Client, engine: Engine
+) -> None:
+    await engine.store.close()
+    try:
+        async with client.get("/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["reason"] == "state store unreachable"
+    finally:
+        await engine.store.open()
+    async with client.get("/readyz") as response:
+        assert response.status == 200
+
+
 async def test_metrics_exposes_remediator_series(client: Client) -> None:
     await post(client, recorded("storedown-firing"))
     async with client.post(URL, json={}) as response:

@@ -293,6 +293,10 @@ class SqlStateStore(abc.ABC):
             "set_paused", lambda c: tx.set_paused(c, paused, by=by, reason=reason, now=now)
         )
 
+    async def ping(self) -> None:
+        """One round trip to the database; :class:`StateError` when it does not answer."""
+        await self._transact("ping", lambda c: c.execute("SELECT 1").fetchone(), write=False)
+
     async def is_paused(self) -> bool:
         """Cheap enough to ask before every mutating step."""
         return await self._transact(

@@ -424,14 +424,7 @@ class Daemon:
         self.url = _bound_url(
             runner, fallback=f"http://{settings.server.host}:{settings.server.port}"
         )
-        singletons: list[tuple[str, leading.TaskFactory]] = [
-            (
-                "safety-gauges",
-                lambda: envelope.watch_gauges(
-                    store, metric_set, approvals, interval=settings.safety.status_interval
-                ),
-            )
-        ]
+        singletons: list[tuple[str, leading.TaskFactory]] = []
         if monitor is not None:
             singletons.append(("store-monitor", monitor.run))
         leadership = leading.Leadership(
@@ -443,9 +436,21 @@ class Daemon:
             replica=lambda: keeper.replica_id,
             on_lost=monitor.forget_stores if monitor is not None else lambda: None,
         )
+        if monitor is not None:
+            metric_set.registry.register(
+                metrics.WhileLeading(monitor.store_metrics.registry, lambda: leadership.leading)
+            )
         background = [
             asyncio.create_task(
                 reloader.watch(settings.playbooks.watch_interval), name="playbook-watcher"
+            ),
+            # On every replica: the safety gauges read the shared state, so any replica's
+            # /metrics tells the truth (expiring a breaker twice is a no-op under the lock).
+            asyncio.create_task(
+                envelope.watch_gauges(
+                    store, metric_set, approvals, interval=settings.safety.status_interval
+                ),
+                name="safety-gauges",
             ),
             asyncio.create_task(keeper.run(), name="lease-keeper"),
             asyncio.create_task(leadership.run(), name="leadership"),
@@ -553,7 +558,7 @@ def _store_monitor(
         kube=kube,
         http=session,
         store_metrics=metrics.StoreMetrics(
-            metric_set.registry, provisioner=settings.provisioner.url is not None
+            CollectorRegistry(), provisioner=settings.provisioner.url is not None
         ),
         provisioner_token=provisioner_token,
     )

@@ -10,9 +10,10 @@ Nothing here does I/O at scrape time: background tasks set every value.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 from remediator.core import stores
 
@@ -201,6 +202,20 @@ class Metrics:
     def run_finished(self, *, playbook: str, outcome: str, duration: float) -> None:
         self.runs.labels(playbook=playbook, outcome=outcome).inc()
         self.run_duration.labels(playbook=playbook).observe(duration)
+
+
+class WhileLeading:
+    """Exposes another registry's metrics only while ``leading()``: the store metrics come from
+    the leader alone, so a follower must not export what it stopped updating (a stale
+    ``store_up`` or ``provisioner_up`` would hide a real outage behind ``max()``)."""
+
+    def __init__(self, source: CollectorRegistry, leading: Callable[[], bool]) -> None:
+        self._source = source
+        self._leading = leading
+
+    def collect(self) -> Iterator[Metric]:
+        if self._leading():
+            yield from self._source.collect()
 
 
 class StoreMetrics:

@@ -1,5 +1,7 @@
-"""Singleton work on one elected replica: store discovery, probes, provisioning checks,
-provisioner reads and the safety gauges.
+"""Singleton work on one elected replica: store discovery, probes, provisioning checks and
+provisioner reads, and so the store metrics (``store_up`` and the rest), which only the leader
+exports (:class:`remediator.adapters.metrics.WhileLeading`). The safety gauges are not
+singletons: they read the shared state, so every replica exports them alike.
 
 An :class:`Elector` answers "am I the leader now?" each round; :class:`Leadership` starts the
 singleton tasks when the answer turns yes and cancels them when it turns no (or the elector

@@ -206,7 +206,7 @@ class StoreMonitor:
         self._settings = settings
         self._kube = kube if settings.stores.enabled else None
         self._http = http
-        self._metrics = store_metrics
+        self.store_metrics = store_metrics
         self._token = provisioner_token
         self._rng = rng
         self.directory = watching.StoreDirectory(settings.stores, store_metrics, clock=clock)
@@ -282,7 +282,7 @@ class StoreMonitor:
                         lambda: poll_provisioner(
                             self._http,
                             self._settings,
-                            self._metrics,
+                            self.store_metrics,
                             token=self._token,
                             directory=directory,
                         ),

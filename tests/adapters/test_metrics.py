@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from remediator.adapters import metrics
 
@@ -32,3 +32,20 @@ def test_webhook_status_series_exist_from_the_start(code: str) -> None:
     )
 
     assert value == 0.0
+
+
+def test_store_metrics_are_exposed_only_while_leading() -> None:
+    exposed = CollectorRegistry()
+    store_metrics = metrics.StoreMetrics(CollectorRegistry(), provisioner=True)
+    leading = [True]
+    exposed.register(metrics.WhileLeading(store_metrics.registry, lambda: leading[0]))
+    store_metrics.store_up.labels(store_id="s1", namespace="store-s1").set(1)
+    assert store_metrics.provisioner_up is not None
+    store_metrics.provisioner_up.set(1)
+
+    assert exposed.get_sample_value("store_up", {"store_id": "s1", "namespace": "store-s1"}) == 1
+    assert exposed.get_sample_value("provisioner_up") == 1
+    leading[0] = False
+    assert exposed.get_sample_value("store_up", {"store_id": "s1", "namespace": "store-s1"}) is None
+    assert exposed.get_sample_value("provisioner_up") is None
+    assert b"store_up" not in generate_latest(exposed)

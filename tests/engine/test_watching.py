@@ -731,7 +731,7 @@ async def test_provisioner_status_wins_where_explicit(
 
     async with running_monitor(kube, registry, http, settings=settings, clock=clock) as monitor:
         await monitoring.poll_provisioner(
-            http, settings, monitor._metrics, token=TOKEN, directory=monitor.directory
+            http, settings, monitor.store_metrics, token=TOKEN, directory=monitor.directory
         )
         phases = {
             ns: (found.phase.value, found.reason)

@@ -62,6 +62,8 @@ METRIC_LABELS: Mapping[str, frozenset[str]] = {
     "remediator_paused_since_timestamp_seconds": frozenset(),
     "remediator_queue_depth": frozenset(),
     "remediator_webhook_requests_total": frozenset({"code"}),
+    "remediator_leader": frozenset(),
+    "remediator_replica_lease_ok": frozenset(),
     # Prometheus and the platform's exporters
     "up": frozenset({"job", "instance"}),
     "http_requests_total": frozenset({"namespace", "status"}),
@@ -108,6 +110,9 @@ SERIES_LABELS: Mapping[str, Mapping[str, frozenset[str] | None]] = {
     "RemediatorStormMode": {"playbook": OPEN, "storm_alertname": OPEN},
     # max(...): no labels
     "RemediatorPausedTooLong": {},
+    # sum(...) and min(...): no labels
+    "RemediatorLeaderless": {},
+    "RemediatorStateStoreUnreachable": {},
     "RemediatorQueueBacklog": {},
     # by (code) of code=~"5.."
     "RemediatorWebhookErrors": {"code": OPEN},

@@ -349,6 +349,46 @@ async def test_steps_and_audit_appear_in_run_detail(store: state.SqlStateStore) 
         await store.record_step(dataclasses.replace(detail.steps[0], run_id="no-such-run"))
 
 
+async def test_concurrent_writes_commit_together_and_a_failing_one_alone_is_rolled_back(
+    store: state.SqlStateStore,
+) -> None:
+    ids = [f"r{i}" for i in range(20)]
+    await store.admit(
+        [admission(new_runs=tuple(new_run(i, target=f"shop/{i}") for i in ids))], now=1000.0
+    )
+    step = runs.StepRecord(
+        run_id="r0",
+        index=0,
+        phase="steps",
+        name="restart",
+        action="k8s.rollout_restart",
+        outcome=runs.StepOutcome.SUCCEEDED,
+        params={},
+        attempts=1,
+        duration=0.1,
+        started_at=1001.0,
+    )
+    started = event(runs.AuditKind.STEP_FINISHED, run_id="r0")
+
+    outcomes = await asyncio.gather(
+        *(store.claim_run(i, now=1001.0, record_start=True) for i in ids),
+        # Fails on the driver (no such run: a foreign key), after writing its audit record.
+        store.record_step(dataclasses.replace(step, run_id="no-such-run"), events=[started]),
+        store.finish_run("no-such-run", runs.RunStatus.SUCCEEDED, now=1002.0),
+        return_exceptions=True,
+    )
+
+    claimed, (broken_step, unknown_run) = outcomes[:20], outcomes[20:]
+    assert [r.run_id for r in claimed if isinstance(r, runs.RunRecord)] == ids
+    assert isinstance(broken_step, state.StateError)
+    assert "record_step failed" in str(broken_step)
+    assert isinstance(unknown_run, state.RunStateError)
+    records = await all_audit(store)
+    assert [r.event.run_id for r in records if r.event.kind is runs.AuditKind.RUN_STARTED] == ids
+    assert not [r for r in records if r.event.kind is runs.AuditKind.STEP_FINISHED]
+    assert (await store.verify_audit()).intact
+
+
 # Listing and filtering
 
 

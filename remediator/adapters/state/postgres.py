@@ -304,6 +304,10 @@ class PostgresStateStore(SqlStateStore):
         # The pool is thread-safe: a helper thread may borrow a connection itself.
         return job()
 
+    @property
+    def _driver_error(self) -> type[Exception]:
+        return psycopg.Error
+
     def _in_transaction(
         self, operation: str, job: Callable[[Connection], T], *, write: bool
     ) -> tuple[T, list[runs.AuditRecord]]:
@@ -435,7 +439,15 @@ class AdvisoryLockElector:
         return await asyncio.to_thread(self._try_lead_blocking)
 
     async def resign(self) -> None:
-        await asyncio.to_thread(self._drop)
+        await asyncio.to_thread(self._resign_blocking)
+
+    def _resign_blocking(self) -> None:
+        # Unlock before closing: the server ends a closed session a moment later, and the next
+        # leader should not have to wait for that.
+        if self._held and self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK,))
+        self._drop()
 
     def _try_lead_blocking(self) -> bool:
         try:

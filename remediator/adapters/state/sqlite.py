@@ -233,6 +233,10 @@ class SqliteStateStore(SqlStateStore):
         except RuntimeError as e:  # the store was closed under us
             raise StateError(f"{self.path} was closed: {e}") from e
 
+    @property
+    def _driver_error(self) -> type[Exception]:
+        return sqlite3.Error
+
     def _in_transaction(
         self, operation: str, job: Callable[[Connection], T], *, write: bool
     ) -> tuple[T, list[runs.AuditRecord]]:

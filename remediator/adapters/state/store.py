@@ -2,14 +2,21 @@
 
 A backend supplies the transaction itself (:meth:`SqlStateStore._in_transaction`, blocking, run
 on a worker thread) and where it runs (:meth:`SqlStateStore._call`); everything a method means is
-here and in :mod:`.transactions`, once for both. Each public method is one transaction. Blocking
-database I/O never runs on the event loop.
+here and in :mod:`.transactions`, once for both. Blocking database I/O never runs on the event
+loop.
+
+Each public method is one transaction as far as its caller can tell. Writes that arrive while
+another write is committing wait for it and then commit together (group commit): each runs in
+a savepoint of one shared transaction, in arrival order, so each sees the ones before it as
+if they had committed one after the other, and one that fails is rolled back alone. Every
+caller is answered only after the shared COMMIT, so an answer still means durable.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import functools
 import threading
 import time
@@ -26,6 +33,17 @@ from remediator.core import auditing, runs, safety
 T = TypeVar("T")
 
 VERIFY_BATCH = 1000
+MAX_GROUP = 32
+"""Writes committed in one transaction at most: bounds how long the writer lock is held."""
+
+Committed = tuple[Any, list[runs.AuditRecord]]
+
+
+@dataclasses.dataclass(slots=True)
+class _PendingWrite:
+    operation: str
+    job: Callable[[Connection], Any]
+    future: asyncio.Future[Committed]
 
 
 class SqlStateStore(abc.ABC):
@@ -41,6 +59,8 @@ class SqlStateStore(abc.ABC):
     ) -> None:
         self._clock = clock
         self._on_append = on_append
+        self._pending_writes: list[_PendingWrite] = []
+        self._committer: asyncio.Task[None] | None = None
 
     @property
     @abc.abstractmethod
@@ -60,6 +80,11 @@ class SqlStateStore(abc.ABC):
     @abc.abstractmethod
     def _call_blocking(self, job: Callable[[], T]) -> T:
         """Run a blocking job from a thread other than the event loop's, and wait for it."""
+
+    @property
+    @abc.abstractmethod
+    def _driver_error(self) -> type[Exception]:
+        """The database driver's base exception, for errors of one write in a group."""
 
     @abc.abstractmethod
     def _in_transaction(
@@ -92,9 +117,12 @@ class SqlStateStore(abc.ABC):
         """Dedupe, then create each candidate run its safety policy allows (one transaction);
         ``owner``, the admitting replica, is to execute the runs."""
         batch = tuple(admissions)
+        # Not grouped with other writes: the admitter already sends a whole batch of
+        # webhooks as one call, and a bigger transaction would hold the writer lock too long.
         return await self._transact(
             "admit",
             lambda c: tx.admit(c, batch, now=now, known_targets=known_targets, owner=owner),
+            group=False,
         )
 
     # Runs
@@ -403,19 +431,91 @@ class SqlStateStore(abc.ABC):
     # Plumbing
 
     async def _transact(
-        self, operation: str, job: Callable[[Connection], T], *, write: bool = True
+        self,
+        operation: str,
+        job: Callable[[Connection], T],
+        *,
+        write: bool = True,
+        group: bool = True,
     ) -> T:
         # If the awaiting task is cancelled, the job still runs to its end on the worker: a
         # cancelled admit may have committed. Callers treat cancellation as "outcome unknown".
-        result, appended = await self._call(
-            lambda: self._in_transaction(operation, job, write=write)
-        )
+        if write and group:
+            result, appended = await self._write(operation, job)
+        else:
+            result, appended = await self._call(
+                lambda: self._in_transaction(operation, job, write=write)
+            )
         # Called on the event loop after the commit, so the hook sees only durable records and
         # structlog's context variables of the calling task.
         if self._on_append is not None:
             for record in appended:
                 self._on_append(record)
         return result
+
+    async def _write(self, operation: str, job: Callable[[Connection], T]) -> tuple[T, list[Any]]:
+        future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        self._pending_writes.append(_PendingWrite(operation, job, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending(), name="state-commits")
+        # Shielded: a caller giving up must not cancel the others' shared transaction.
+        result, appended = await asyncio.shield(future)
+        return result, appended
+
+    async def _commit_pending(self) -> None:
+        while self._pending_writes:
+            group = self._pending_writes[:MAX_GROUP]
+            del self._pending_writes[:MAX_GROUP]
+            try:
+                if len(group) == 1:
+                    (only,) = group
+                    single = functools.partial(
+                        self._in_transaction, only.operation, only.job, write=True
+                    )
+                    outcomes: list[Committed | BaseException] = [await self._call(single)]
+                else:
+                    shared = functools.partial(
+                        self._in_transaction,
+                        "group_commit",
+                        functools.partial(self._each, group=group),
+                        write=True,
+                    )
+                    outcomes, _ = await self._call(shared)
+            except asyncio.CancelledError:
+                for pending in group:
+                    pending.future.cancel()
+                raise
+            except Exception as e:  # the shared transaction failed: none of them was written
+                outcomes = [e] * len(group)
+            for pending, outcome in zip(group, outcomes, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+
+    def _each(
+        self, conn: Connection, *, group: Sequence[_PendingWrite]
+    ) -> list[Committed | BaseException]:
+        """Blocking, inside the shared transaction: each write in its own savepoint."""
+        outcomes: list[Committed | BaseException] = []
+        for pending in group:
+            mark = len(conn.appended)
+            conn.execute("SAVEPOINT one_write")
+            try:
+                result = pending.job(conn)
+            except Exception as e:
+                conn.execute("ROLLBACK TO SAVEPOINT one_write")
+                conn.execute("RELEASE SAVEPOINT one_write")
+                del conn.appended[mark:]
+                if isinstance(e, self._driver_error):
+                    e = StateError(f"{pending.operation} failed on {self.name}: {e}")
+                outcomes.append(e)
+                continue
+            conn.execute("RELEASE SAVEPOINT one_write")
+            outcomes.append((result, conn.appended[mark:]))
+        return outcomes
 
     def _verify_blocking(self, stop: threading.Event) -> auditing.ChainReport:
         unreadable: list[tuple[int, str]] = []

@@ -167,6 +167,16 @@ def kustomize_docs(directory: Path = KUSTOMIZE_BASE) -> list[Doc]:
     return [d for d in yaml.safe_load_all(kustomize_text(directory)) if d is not None]
 
 
+def config_map(docs: list[Doc]) -> Doc:
+    """The kustomize rendering's config ConfigMap (hash-suffixed, so found by its prefix)."""
+    (found,) = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("remediator-config-")
+    ]
+    return found
+
+
 def find(docs: list[Doc], kind: str, name_suffix: str = "") -> Doc:
     found = [
         d for d in docs if d["kind"] == kind and str(d["metadata"]["name"]).endswith(name_suffix)

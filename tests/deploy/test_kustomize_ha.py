@@ -37,17 +37,8 @@ def by_id(docs: list[manifests.Doc]) -> dict[str, manifests.Doc]:
     return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
 
 
-def config_map(docs: list[manifests.Doc]) -> manifests.Doc:
-    (found,) = [
-        d
-        for d in docs
-        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("remediator-config-")
-    ]
-    return found
-
-
 def ha_config() -> dict[str, Any]:
-    loaded = yaml.safe_load(config_map(ha_docs())["data"]["config.yaml"])
+    loaded = yaml.safe_load(manifests.config_map(ha_docs())["data"]["config.yaml"])
     assert isinstance(loaded, dict)
     return loaded
 
@@ -84,7 +75,7 @@ def test_only_the_ha_objects_differ_from_the_base() -> None:
 
 def test_the_config_loads_with_remediators_loader(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
-    path.write_text(config_map(ha_docs())["data"]["config.yaml"], encoding="utf-8")
+    path.write_text(manifests.config_map(ha_docs())["data"]["config.yaml"], encoding="utf-8")
     settings = config.load(path)
     assert config.is_postgres_url(settings.state.path)
     url = urlsplit(settings.state.path)

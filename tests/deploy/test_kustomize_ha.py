@@ -9,10 +9,13 @@ the Role grants and the files the Deployment mounts.
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -209,3 +212,50 @@ def test_egress_adds_the_database_and_nothing_else() -> None:
     assert database["to"] == [{"podSelector": cluster_pods}]
     host = urlsplit(config.from_mapping(ha_config()).state.path).hostname
     assert host == "remediator-db-rw.remediator.svc"
+
+
+# deploy/README.md, "High availability": its examples are what the chart and overlay accept.
+
+
+def readme_examples() -> list[dict[str, Any]]:
+    text = (manifests.REPO / "deploy" / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## High availability", 1)[1].split("\n## ", 1)[0]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)]
+    assert all(isinstance(b, dict) for b in blocks)
+    return blocks
+
+
+def chart_examples() -> list[dict[str, Any]]:
+    return [b for b in readme_examples() if "replicaCount" in b]
+
+
+@pytest.mark.parametrize("example", range(2))
+def test_the_readmes_chart_values_pass_the_schema_and_the_loader(example: int) -> None:
+    values = chart_examples()[example]
+    schema = json.loads((manifests.CHART / "values.schema.json").read_text(encoding="utf-8"))
+    jsonschema.Draft7Validator(schema).validate(manifests.merged(manifests.values(), values))
+    assert values["replicaCount"] > 1
+    settings = config.from_mapping({"state": {"path": values["database"]["url"]}})
+    assert config.is_postgres_url(settings.state.path)
+    sslrootcert = parse_qs(urlsplit(settings.state.path).query)["sslrootcert"]
+    assert sslrootcert == [f"{DATABASE_MOUNT}/ca.crt"], "where the chart mounts caSecret"
+
+
+def test_the_readmes_cloudnativepg_example_is_what_the_overlay_connects_to() -> None:
+    (cluster,) = [b for b in readme_examples() if b.get("kind") == "Cluster"]
+    name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    (values,) = [v for v in chart_examples() if "cnpg" in json.dumps(v)]
+    database = values["database"]
+    assert database["existingSecret"] == f"{name}-app"
+    assert database["caSecret"] == f"{name}-ca"
+    assert urlsplit(database["url"]).hostname == f"{name}-rw.{namespace}.svc"
+    owner = cluster["spec"]["bootstrap"]["initdb"]
+    assert urlsplit(database["url"]).username == owner["owner"]
+    assert urlsplit(database["url"]).path == f"/{owner['database']}"
+    # The overlay: the same URL, Secrets and database pods.
+    assert database["url"] == ha_config()["state"]["path"]
+    (volume,) = [v for v in pod_spec(ha_docs())["volumes"] if v["name"] == "database"]
+    secrets = [source["secret"]["name"] for source in volume["projected"]["sources"]]
+    assert secrets == [database["existingSecret"], database["caSecret"]]
+    *_, egress = manifests.find(ha_docs(), "NetworkPolicy")["spec"]["egress"]
+    assert egress["to"] == values["networkPolicy"]["database"]["to"]

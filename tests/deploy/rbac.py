@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from remediator import permissions
+from remediator.config import HaSettings
 from remediator.core.actions import Permission
 from remediator.engine.actions import registry
 
@@ -31,8 +32,9 @@ ROLE_SUFFIXES = {"cluster": "-cluster", "namespaced": "-actions"}
 (its rules naming the leader Lease are the leader_lease block, the others own_namespace)."""
 NAMED = frozenset({"leader_lease"})
 """Blocks whose rules carry ``resourceNames``: the leader Lease's name."""
-LEADER_LEASE = "remediator-leader"
-"""The kustomize base's leader Lease: the config's default ``ha.lease_name``."""
+LEADER_LEASE = HaSettings().lease_name
+"""The kustomize base's leader Lease: the config's default ``ha.lease_name`` (the base leaves it
+unset, the HA overlay names it)."""
 LEASE_NAMES = {
     CHART_RBAC: '{{ include "remediator.fullname" . }}-leader',
     KUSTOMIZE_RBAC: LEADER_LEASE,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from remediator import config, permissions
+from remediator import permissions
 from remediator.core.actions import ActionSpec, Permission, StaticCatalog
 from remediator.engine.actions import registry
 from remediator.simulation import access
@@ -76,8 +76,6 @@ def test_the_chart_grants_the_lease_its_config_names() -> None:
         "lease_name": manifests.PLACEHOLDER + "-leader",
         "lease_namespace": manifests.PLACEHOLDER,
     }
-    # The kustomize base leaves ha.lease_name at its default, which is what its Role names.
-    assert config.HaSettings().lease_name == rbac.LEADER_LEASE
 
 
 def strings(node: Any) -> Iterable[str]:

@@ -59,12 +59,20 @@ TERMINATING_NAMESPACE_PERMISSIONS: tuple[Permission, ...] = (
 """Namespaced permissions also granted cluster-wide, for namespaces that lost their binding."""
 
 OWN_NAMESPACE_PERMISSIONS: tuple[Permission, ...] = (
-    # Leader election: one active daemon per state file, coordinated through a Lease.
-    Permission(
-        api_group="coordination.k8s.io", resource="leases", verbs=("create", "get", "update")
-    ),
+    # Leader election (remediator.engine.leading.LeaseElector) creates its Lease the first time.
+    # RBAC cannot limit a create to a name (the new object's name is not part of the request
+    # when it is authorized), so this one grant is on any Lease, still in this namespace only.
+    Permission(api_group="coordination.k8s.io", resource="leases", verbs=("create",)),
 )
 """What the daemon needs only in the namespace it runs in (granted by a Role, not a ClusterRole)."""
+
+LEADER_LEASE_PERMISSIONS: tuple[Permission, ...] = (
+    # LeaseElector reads the Lease every round, renews or takes it over (a compare-and-swap
+    # replace) and hands it on at shutdown: get and update, never patch, list or delete.
+    Permission(api_group="coordination.k8s.io", resource="leases", verbs=("get", "update")),
+)
+"""What the daemon needs on its leader Lease (``ha.lease_name``) alone: the Role grants it with
+``resourceNames`` naming that Lease."""
 
 CLUSTER_SCOPED: frozenset[tuple[str, str]] = frozenset(
     {
@@ -95,6 +103,8 @@ class RequiredRules:
     RoleBinding (created with each store; cluster-wide only as an explicit opt-in)."""
     own_namespace: tuple[Permission, ...]
     """The daemon's own namespace: a Role and a RoleBinding."""
+    leader_lease: tuple[Permission, ...]
+    """The daemon's own namespace, on the leader Lease only: the same Role, ``resourceNames``."""
 
 
 def normalise(permissions: Iterable[Permission]) -> list[Permission]:
@@ -134,10 +144,11 @@ def required_rules(catalog: ActionCatalog) -> RequiredRules:
         cluster=tuple(normalise([*(p for p in anywhere if is_cluster_scoped(p)), *cluster_wide])),
         namespaced=tuple(p for p in in_namespaces if not is_cluster_scoped(p)),
         own_namespace=tuple(normalise(OWN_NAMESPACE_PERMISSIONS)),
+        leader_lease=tuple(normalise(LEADER_LEASE_PERMISSIONS)),
     )
 
 
 def required_permissions(catalog: ActionCatalog) -> list[Permission]:
     """Everything remediator needs, wherever granted, normalised into one list."""
     rules = required_rules(catalog)
-    return normalise([*rules.cluster, *rules.namespaced, *rules.own_namespace])
+    return normalise([*rules.cluster, *rules.namespaced, *rules.own_namespace, *rules.leader_lease])

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from remediator import config as remediator_config
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm-charts" / "remediator"
 TEMPLATES = CHART / "templates"
@@ -165,6 +167,16 @@ def kustomize_docs(directory: Path = KUSTOMIZE_BASE) -> list[Doc]:
     return [d for d in yaml.safe_load_all(kustomize_text(directory)) if d is not None]
 
 
+def config_map(docs: list[Doc]) -> Doc:
+    """The kustomize rendering's config ConfigMap (hash-suffixed, so found by its prefix)."""
+    (found,) = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("remediator-config-")
+    ]
+    return found
+
+
 def find(docs: list[Doc], kind: str, name_suffix: str = "") -> Doc:
     found = [
         d for d in docs if d["kind"] == kind and str(d["metadata"]["name"]).endswith(name_suffix)
@@ -195,8 +207,12 @@ def deployment_problems(deployment: Doc, config: Mapping[str, Any]) -> list[str]
 
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
-    expect(spec["replicas"] == 1, "one replica: the SQLite state has a single writer")
-    expect(spec["strategy"] == {"type": "Recreate"}, "strategy Recreate (one writer)")
+    shared = remediator_config.is_postgres_url(config["state"]["path"])
+    if shared:
+        expect(spec["strategy"] == {"type": "RollingUpdate"}, "strategy RollingUpdate (shared)")
+    else:
+        expect(spec["replicas"] == 1, "one replica: the SQLite state has a single writer")
+        expect(spec["strategy"] == {"type": "Recreate"}, "strategy Recreate (one writer)")
     selector, labels = spec["selector"]["matchLabels"], spec["template"]["metadata"]["labels"]
     if selector is not None and labels is not None:  # a chart skeleton has neither
         expect(selector.items() <= labels.items(), "the selector must match the pod labels")
@@ -248,16 +264,20 @@ def deployment_problems(deployment: Doc, config: Mapping[str, Any]) -> list[str]
         "auth.token_file inside the token mount",
     )
     expect("secret" in volumes["token"], "token from a Secret")
-    expect(
-        str(Path(config["state"]["path"]).parent) == mounts["state"]["mountPath"],
-        "state.path inside the state mount",
-    )
-    expect(
-        "persistentVolumeClaim" in volumes["state"] or "emptyDir" in volumes["state"],
-        "state on a PVC or an emptyDir",
-    )
+    if shared:
+        expect("state" not in mounts and "state" not in volumes, "no state volume (PostgreSQL)")
+    else:
+        expect(
+            str(Path(config["state"]["path"]).parent) == mounts["state"]["mountPath"],
+            "state.path inside the state mount",
+        )
+        expect(
+            "persistentVolumeClaim" in volumes["state"] or "emptyDir" in volumes["state"],
+            "state on a PVC or an emptyDir",
+        )
     expect(mounts["tmp"]["mountPath"] == "/tmp", "a writable /tmp")
     expect("emptyDir" in volumes["tmp"], "/tmp is an emptyDir")
     writable = {name for name, mount in mounts.items() if not mount.get("readOnly")}
-    expect(writable == {"state", "tmp"}, f"only state and tmp writable, not {sorted(writable)}")
+    wanted = {"tmp"} if shared else {"state", "tmp"}
+    expect(writable == wanted, f"only {sorted(wanted)} writable, not {sorted(writable)}")
     return problems

@@ -99,24 +99,15 @@ def test_deployment_runs_remediator_safely() -> None:
     assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
 
 
-def config_map(docs: list[manifests.Doc]) -> manifests.Doc:
-    (found,) = [
-        d
-        for d in docs
-        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("remediator-config-")
-    ]
-    return found
-
-
 def config_mapping(docs: list[manifests.Doc]) -> dict[str, Any]:
-    loaded = yaml.safe_load(config_map(docs)["data"]["config.yaml"])
+    loaded = yaml.safe_load(manifests.config_map(docs)["data"]["config.yaml"])
     assert isinstance(loaded, dict)
     return loaded
 
 
 def test_the_config_map_holds_a_valid_config() -> None:
     docs = manifests.kustomize_docs()
-    name = config_map(docs)["metadata"]["name"]
+    name = manifests.config_map(docs)["metadata"]["name"]
     settings = config.from_mapping(config_mapping(docs))
     assert settings.server.host == manifests.ALL_INTERFACES
     assert settings.kubernetes.kubeconfig is None

@@ -32,16 +32,6 @@ SOURCES = {
 }
 
 
-def roles(docs: Iterable[manifests.Doc]) -> dict[str, manifests.Doc]:
-    found: dict[str, manifests.Doc] = {}
-    for doc in docs:
-        role = rbac.role_of(doc)
-        if role is not None:
-            assert role not in found, f"two objects hold the {role} rules"
-            found[role] = doc
-    return found
-
-
 def describe(triples: Iterable[rbac.Triple]) -> str:
     return ", ".join(f"{g or 'core'}/{r}:{v}" for g, r, v in sorted(triples)) or "nothing"
 
@@ -49,7 +39,7 @@ def describe(triples: Iterable[rbac.Triple]) -> str:
 @pytest.mark.parametrize("source", sorted(SOURCES))
 @pytest.mark.parametrize("role", rbac.ROLES)
 def test_each_role_grants_exactly_what_is_required(source: str, role: str) -> None:
-    granted = rbac.rule_triples(roles(SOURCES[source]()).get(role, {}).get("rules"))
+    granted = rbac.rule_triples(rbac.rules_by_role(SOURCES[source]()).get(role))
     required = rbac.triples(rbac.expected()[role])
     missing, extra = required - granted, granted - required
     assert not missing, f"{source} {role}: actions need {describe(missing)}; {HINT}"
@@ -59,10 +49,33 @@ def test_each_role_grants_exactly_what_is_required(source: str, role: str) -> No
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_all_grants_together_equal_required_permissions(source: str) -> None:
     granted: set[rbac.Triple] = set()
-    for doc in roles(SOURCES[source]()).values():
-        granted |= rbac.rule_triples(doc.get("rules"))
+    for rules in rbac.rules_by_role(SOURCES[source]()).values():
+        granted |= rbac.rule_triples(rules)
     required = rbac.triples(permissions.required_permissions(registry.builtin()))
     assert granted == required, HINT
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_only_the_leader_lease_rules_name_an_object(source: str) -> None:
+    """resourceNames narrows get and update to the one Lease; create cannot be narrowed."""
+    by_role = rbac.rules_by_role(SOURCES[source]())
+    name = manifests.PLACEHOLDER + "-leader" if source == "chart" else rbac.LEADER_LEASE
+    assert [rule["resourceNames"] for rule in by_role["leader_lease"]] == [[name]]
+    for role in set(rbac.ROLES) - rbac.NAMED:
+        assert not [rule for rule in by_role[role] if "resourceNames" in rule], role
+
+
+def test_the_chart_grants_the_lease_its_config_names() -> None:
+    text = (manifests.TEMPLATES / "rbac.yaml").read_text(encoding="utf-8")
+    helpers = (manifests.TEMPLATES / "_helpers.tpl").read_text(encoding="utf-8")
+    chart_name = rbac.LEASE_NAMES[rbac.CHART_RBAC]
+    assert f'resourceNames: ["{chart_name}"]' in text
+    assert f"lease_name: {chart_name}\n" in helpers
+    managed = manifests.managed_config(keep_conditional=True)
+    assert managed["ha"] == {
+        "lease_name": manifests.PLACEHOLDER + "-leader",
+        "lease_namespace": manifests.PLACEHOLDER,
+    }
 
 
 def strings(node: Any) -> Iterable[str]:
@@ -83,7 +96,10 @@ def test_no_wildcards(source: str) -> None:
         if doc["kind"] in {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}:
             assert not [s for s in strings(doc) if "*" in s], doc["metadata"]["name"]
             for rule in doc.get("rules") or ():
-                assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+                fields = {"apiGroups", "resources", "verbs"}
+                if rule.get("resources") == ["leases"] and "resourceNames" in rule:
+                    fields.add("resourceNames")  # the leader Lease, by name
+                assert set(rule) == fields, rule
 
 
 def test_no_wildcards_in_the_chart_template_text() -> None:
@@ -207,15 +223,17 @@ def test_nothing_cluster_wide_reads_secrets_or_writes_inside_namespaces(source: 
 def test_leader_election_writes_only_in_the_own_namespace() -> None:
     rules = permissions.required_rules(registry.builtin())
     cluster_wide = rbac.triples([*rules.cluster, *rules.namespaced])
+    in_own_namespace = rbac.triples([*rules.own_namespace, *rules.leader_lease])
     for verb in ("create", "update"):
         assert ("coordination.k8s.io", "leases", verb) not in cluster_wide
-        assert ("coordination.k8s.io", "leases", verb) in rbac.triples(rules.own_namespace)
+        assert ("coordination.k8s.io", "leases", verb) in in_own_namespace
 
 
 def test_daemon_permissions_are_included() -> None:
     required = rbac.triples(permissions.required_permissions(registry.builtin()))
     assert rbac.triples(permissions.DAEMON_PERMISSIONS) <= required
     assert rbac.triples(permissions.OWN_NAMESPACE_PERMISSIONS) <= required
+    assert rbac.triples(permissions.LEADER_LEASE_PERMISSIONS) <= required
     assert ("", "namespaces", "watch") in required
 
 
@@ -253,5 +271,5 @@ def test_a_new_action_permission_is_noticed() -> None:
         name="k8s.test_only", params=NoParams, mutating=True, permissions=(wanted,)
     )
     required = rbac.triples(permissions.required_permissions(StaticCatalog(specs)))
-    granted = rbac.rule_triples(roles(manifests.kustomize_docs())["namespaced"]["rules"])
+    granted = rbac.rule_triples(rbac.rules_by_role(manifests.kustomize_docs())["namespaced"])
     assert required - granted >= {("apps", "replicasets", "delete")}

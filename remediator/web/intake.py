@@ -8,7 +8,6 @@ counted by reason and answered with a JSON body naming what was wrong.
 from __future__ import annotations
 
 import json
-import math
 
 import structlog
 from aiohttp import web
@@ -165,10 +164,14 @@ MAX_RETRY_AFTER = 60
 
 def _retry_after(estimate: float | None, *, fallback: int) -> str:
     """Whole seconds until the queue has room, from its drain rate; the configured value
-    before any run has finished (there is no rate to go by yet)."""
+    before any run has finished (there is no rate to go by yet).
+
+    Rounded, not rounded up: a retry that comes a little early costs one cheap refusal, one
+    that comes late leaves the executor without work.
+    """
     if estimate is None:
         return str(fallback)
-    return str(min(MAX_RETRY_AFTER, max(1, math.ceil(estimate))))
+    return str(min(MAX_RETRY_AFTER, max(1, round(estimate))))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1083,6 +1083,7 @@ async def run_burst(options: Options, workdir: Path) -> dict[str, Any]:
         runs = await server.runs(load)
         figures = process_figures(pids, cpu_before)
     finished = {r["fingerprint"] for r in runs if r["status"] == "succeeded"}
+    recorded = {r["fingerprint"] for r in runs}
     return {
         "alerts": options.burst,
         "group": options.burst_group,
@@ -1098,9 +1099,11 @@ async def run_burst(options: Options, workdir: Path) -> dict[str, Any]:
         "drained": drained,
         "all_done_seconds": round(drained_wall - load.started_wall, 3),
         "idle_while_sending_s": idle,
-        # Lost: acknowledged, yet no run came of it. Not acknowledged by the deadline is not
-        # lost (the sender still has it and would go on retrying), but the burst failed.
-        "lost": len(load.acknowledged - finished),
+        # Lost: acknowledged, yet no run was recorded for it. A run not (yet) succeeded at the
+        # deadline is durable, so not lost, nor is an alert never acknowledged (its sender
+        # still has it); both fail the burst all the same.
+        "lost": len(load.acknowledged - recorded),
+        "not_done": len(load.acknowledged - finished),
         "unacknowledged": options.burst - len(load.acknowledged),
         **figures,
     }
@@ -1151,6 +1154,7 @@ async def run_compare(options: Options, workdir: Path) -> dict[str, Any]:
     if burst_figures is not None:
         checks["burst_lost_nothing"] = burst_figures["lost"] == 0
         checks["burst_all_acknowledged"] = burst_figures["unacknowledged"] == 0
+        checks["burst_all_done"] = burst_figures["not_done"] == 0
     return {
         "bench": "compare",
         "config": {
@@ -1230,8 +1234,9 @@ def print_report(report: dict[str, Any]) -> None:
             f"burst: {b['alerts']:,} alerts in groups of {b['group']} ({b['sender']} sender): "
             f"acknowledged {b['acknowledged_distinct']:,} in {b['acknowledged_seconds']} s "
             f"({b['refusals_503']} 503s, {b['retried_errors']} errors retried), "
-            f"{b['runs_succeeded_distinct']:,} runs succeeded, lost {b['lost']}, "
-            f"unacknowledged {b['unacknowledged']}, all done in {b['all_done_seconds']} s "
+            f"{b['runs_succeeded_distinct']:,} runs succeeded, lost {b['lost']}, not done "
+            f"{b['not_done']}, unacknowledged {b['unacknowledged']}, "
+            f"all done in {b['all_done_seconds']} s "
             f"(queue empty while senders waited {b['idle_while_sending_s']} s), "
             f"server CPU {b['server_cpu_s']} s, peak RSS {b['peak_rss_mib']} MiB"
         )

@@ -15,6 +15,7 @@ queue is full.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import time
@@ -85,7 +86,8 @@ class SeenKeys:
             self._keys[key] = None
         excess = len(self._keys) - self._limit
         if excess > 0:
-            for key in list(self._keys)[:excess]:
+            # Only the oldest few are copied out: the whole set is tens of thousands of keys.
+            for key in list(itertools.islice(self._keys, excess)):
                 del self._keys[key]
 
 

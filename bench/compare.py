@@ -68,7 +68,17 @@ INSTALL_TIMEOUT = 900.0
 SERVER_CPU = 0
 CLIENT_CPU = 1
 RETRY_AFTER = 1
-"""Seconds remediator asks a refused sender to wait; the load generator honours it."""
+"""Seconds remediator asks a refused sender to wait before it knows its drain rate; the load
+generator honours whatever Retry-After says."""
+BACKOFF_INITIAL = 0.5
+BACKOFF_MULTIPLIER = 1.5
+BACKOFF_RANDOMIZATION = 0.5
+BACKOFF_MAX = 60.0
+"""Alertmanager's retry of a failed notification (``notify.RetryStage``): the defaults of
+``cenkalti/backoff``'s ``NewExponentialBackOff``, each interval drawn from ±50 % around the
+nominal one, which grows by half per attempt up to 60 s."""
+RETRY_AFTER_SPREAD = 0.2
+"""A sender honouring Retry-After waits up to this share longer, at random."""
 DRAIN_TIMEOUT = 60.0
 """Seconds after the load the open-loop shape waits for the last actions."""
 SETTLE = 1.0
@@ -253,6 +263,10 @@ class Load:
     late_sends: int = 0
     """Open loop: sends that found all connections busy and left after their due time."""
     client_cpu_s: float = 0.0
+    acknowledged: set[str] = field(default_factory=set)
+    """Burst: fingerprints of the alerts in 2xx answers."""
+    retried_errors: int = 0
+    """Burst: attempts that failed without an answer (a timeout, a reset) and were retried."""
 
     @property
     def seconds(self) -> float:
@@ -299,6 +313,54 @@ class Poster:
                 self._load.errors.append(f"{type(e).__name__}: {e}"[:200])
                 return False
             if until is not None and loop.time() + pause >= until:
+                return False
+            await asyncio.sleep(pause)
+
+    async def notify(
+        self,
+        body: bytes,
+        *,
+        fingerprints: Sequence[str],
+        until: float,
+        honour_retry_after: bool,
+        rng: random.Random,
+    ) -> bool:
+        """One webhook sent as Alertmanager's notifier sends it: any failure (a 5xx, a timeout,
+        a reset) is retried with its exponential backoff until ``until``, so an alert is given
+        up only at the deadline. With ``honour_retry_after`` a 503's Retry-After is waited for
+        instead (plus up to :data:`RETRY_AFTER_SPREAD`, so refused senders do not all come
+        back at once); real Alertmanager ignores the header. True once the body is
+        acknowledged."""
+        url = self._urls[self._next % len(self._urls)]
+        self._next += 1
+        loop = asyncio.get_running_loop()
+        nominal = BACKOFF_INITIAL
+        while True:
+            retry_after: float | None = None
+            try:
+                async with self._session.post(url, data=body, headers=self._headers) as response:
+                    await response.read()
+                    if 200 <= response.status < 300:
+                        self._load.accepted_alerts += len(fingerprints)
+                        self._load.acknowledged.update(fingerprints)
+                        return True
+                    if response.status == 503:
+                        self._load.refusals_503 += 1
+                        if "Retry-After" in response.headers:
+                            retry_after = float(response.headers["Retry-After"])
+                    else:
+                        self._load.errors.append(f"HTTP {response.status}")
+                        if response.status < 500:
+                            return False  # Alertmanager gives a 4xx up at once, too
+            except (aiohttp.ClientError, TimeoutError):
+                self._load.retried_errors += 1
+            if honour_retry_after and retry_after is not None:
+                pause = retry_after * (1 + RETRY_AFTER_SPREAD * rng.random())
+            else:
+                spread = BACKOFF_RANDOMIZATION * nominal
+                pause = rng.uniform(nominal - spread, nominal + spread)
+                nominal = min(BACKOFF_MAX, nominal * BACKOFF_MULTIPLIER)
+            if loop.time() + pause >= until:
                 return False
             await asyncio.sleep(pause)
 
@@ -390,19 +452,34 @@ async def burst(
     group: int,
     connections: int,
     deadline: float,
+    honour_retry_after: bool = True,
 ) -> Load:
-    """``alerts`` alerts for distinct stores in groups of ``group``, all posted at once."""
+    """``alerts`` alerts for distinct stores in groups of ``group``, all posted at once, each
+    webhook retried as Alertmanager retries it (:meth:`Poster.notify`)."""
     maker = AlertMaker(prefix=prefix, new_share=1.0)
     bodies = []
     for start in range(0, alerts, group):
         batch = [maker.next_alert()[1] for _ in range(min(group, alerts - start))]
-        bodies.append((webhook_body(batch, group=f"{prefix}{start}"), len(batch)))
+        body = webhook_body(batch, group=f"{prefix}{start}")
+        bodies.append((body, [a["fingerprint"] for a in batch]))
     load = Load()
+    rng = random.Random(7)
     async with client_session(connections) as session:
         poster = Poster(session, urls, token, load)
         cpu = time.process_time()
         load.started_wall = time.time()
-        await asyncio.gather(*(poster.post(b, alerts=n, until=deadline) for b, n in bodies))
+        await asyncio.gather(
+            *(
+                poster.notify(
+                    body,
+                    fingerprints=fingerprints,
+                    until=deadline,
+                    honour_retry_after=honour_retry_after,
+                    rng=rng,
+                )
+                for body, fingerprints in bodies
+            )
+        )
         load.ended_wall = time.time()
         load.client_cpu_s = time.process_time() - cpu
     return load
@@ -694,22 +771,37 @@ class RemediatorServer:
     async def finished_times(self, load: Load) -> list[float]:
         return [_epoch(r["finished_at"]) for r in await self.runs(load) if r["finished_at"]]
 
+    async def pending(self, session: aiohttp.ClientSession) -> float:
+        """Runs queued or running on every replica, from ``/metrics``."""
+        pending = 0.0
+        for base in self.bases:
+            async with session.get(f"{base}/metrics") as response:
+                text = await response.text()
+            pending += sum(
+                _gauge(text, name) for name in ("remediator_queue_depth", "remediator_runs_active")
+            )
+        return pending
+
     async def drain(self, expected: int, deadline: float) -> bool:
         loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             while loop.time() < deadline:
-                pending = 0.0
-                for base in self.bases:
-                    async with session.get(f"{base}/metrics") as response:
-                        text = await response.text()
-                    pending += sum(
-                        _gauge(text, name)
-                        for name in ("remediator_queue_depth", "remediator_runs_active")
-                    )
-                if pending == 0:
+                if await self.pending(session) == 0:
                     return True
                 await asyncio.sleep(0.2)
         return False
+
+    async def idle_while(self, busy: asyncio.Task[Any], *, every: float = 0.25) -> float:
+        """Seconds, sampled every ``every``, that nothing was queued or running while ``busy``
+        (the load) was still sending: a sender waiting longer than it had to."""
+        idle = 0.0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while not busy.done():
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    if await self.pending(session) == 0:
+                        idle += every
+                await asyncio.wait([busy], timeout=every)
+        return idle
 
 
 def _epoch(text: str) -> float:
@@ -804,6 +896,8 @@ class Options:
     open_rate: float
     burst: int
     burst_group: int
+    burst_sender: str
+    burst_only: bool
     skip_ansible: bool
     state: str
     replicas: int
@@ -962,33 +1056,55 @@ async def run_burst(options: Options, workdir: Path) -> dict[str, Any]:
     ) as server:
         pids = server.pids()
         cpu_before = [intake.cpu_seconds(pid) for pid in pids]
-        deadline = loop.time() + max(DRAIN_TIMEOUT, options.burst / 50)
-        load = await burst(
-            server.urls,
-            token=server.token,
-            prefix="burst-",
-            alerts=options.burst,
-            group=options.burst_group,
-            connections=options.connections,
-            deadline=deadline,
-        )
+        allowed = max(DRAIN_TIMEOUT, options.burst / 50)
+        if options.burst_sender == "alertmanager":
+            # Its backoff can leave a sender asleep for one longest interval after the queue
+            # has room: a delay of its own making, allowed once.
+            allowed += BACKOFF_MAX * (1 + BACKOFF_RANDOMIZATION)
+        deadline = loop.time() + allowed
+        profile = None if options.profile is None else options.profile / "burst"
+        async with profiled(pids, profile, cpu=pinning_cpus()[1]):
+            sending = asyncio.create_task(
+                burst(
+                    server.urls,
+                    token=server.token,
+                    prefix="burst-",
+                    alerts=options.burst,
+                    group=options.burst_group,
+                    connections=options.connections,
+                    deadline=deadline,
+                    honour_retry_after=options.burst_sender == "retry-after",
+                )
+            )
+            idle = await server.idle_while(sending)
+            load = await sending
         drained = await server.drain(load.accepted_alerts, deadline)
         drained_wall = time.time()
         runs = await server.runs(load)
         figures = process_figures(pids, cpu_before)
     finished = {r["fingerprint"] for r in runs if r["status"] == "succeeded"}
+    recorded = {r["fingerprint"] for r in runs}
     return {
         "alerts": options.burst,
         "group": options.burst_group,
+        "sender": options.burst_sender,
         "accepted_alerts": load.accepted_alerts,
+        "acknowledged_distinct": len(load.acknowledged),
         "acknowledged_seconds": round(load.seconds, 3),
         "refusals_503": load.refusals_503,
+        "retried_errors": load.retried_errors,
         "errors": len(load.errors),
         "runs": len(runs),
         "runs_succeeded_distinct": len(finished),
         "drained": drained,
         "all_done_seconds": round(drained_wall - load.started_wall, 3),
-        "lost": options.burst - len(finished),
+        "idle_while_sending_s": idle,
+        # Lost: acknowledged, yet no run was recorded for it. A run not (yet) succeeded at the
+        # deadline is durable, so not lost, nor is an alert never acknowledged (its sender
+        # still has it); both fail the burst all the same.
+        "lost": len(load.acknowledged - recorded),
+        "not_done": len(load.acknowledged - finished),
+        "unacknowledged": options.burst - len(load.acknowledged),
         **figures,
     }
 
@@ -1021,20 +1137,24 @@ async def run_compare(options: Options, workdir: Path) -> dict[str, Any]:
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})
     rulebook = None
-    if not options.skip_ansible:
+    if not options.skip_ansible and not options.burst_only:
         java_home()
         rulebook = await asyncio.to_thread(ensure_ansible_rulebook, options.cache)
-    results = await run_shapes(options, workdir, rulebook)
+    results = {} if options.burst_only else await run_shapes(options, workdir, rulebook)
     burst_figures = await run_burst(options, workdir) if options.burst else None
     summary = summarize(results)
     checks = {
         "no_errors": all(
             f["errors"] == 0 for per in results.values() for fs in per.values() for f in fs
         ),
-        "open_loop_drained": all(f["drained"] for fs in results["open"].values() for f in fs),
+        "open_loop_drained": all(
+            f["drained"] for fs in results.get("open", {}).values() for f in fs
+        ),
     }
     if burst_figures is not None:
         checks["burst_lost_nothing"] = burst_figures["lost"] == 0
+        checks["burst_all_acknowledged"] = burst_figures["unacknowledged"] == 0
+        checks["burst_all_done"] = burst_figures["not_done"] == 0
     return {
         "bench": "compare",
         "config": {
@@ -1074,6 +1194,8 @@ def print_report(report: dict[str, Any]) -> None:
         return f"{figure['median']:,} [{figure['min']:,}-{figure['max']:,}]"
 
     for shape in SHAPES:
+        if shape not in summary:
+            continue
         row = summary[shape]
         title = SHAPE_TITLES[shape]
         if shape == "open":
@@ -1095,7 +1217,7 @@ def print_report(report: dict[str, Any]) -> None:
     print("-" * len(header))
     print("ratio = remediator ÷ ansible-rulebook (for the latency row, lower is better)")
     for shape in SHAPES:
-        for name, figures in report["results"][shape].items():
+        for name, figures in report["results"].get(shape, {}).items():
             extra = ""
             if shape == "dispatch":
                 extra = f", backlog at end {[f['backlog_at_end'] for f in figures]}"
@@ -1109,10 +1231,14 @@ def print_report(report: dict[str, Any]) -> None:
     if report["burst"] is not None:
         b = report["burst"]
         print(
-            f"burst: {b['alerts']:,} alerts in groups of {b['group']}: acknowledged "
-            f"{b['accepted_alerts']:,} in {b['acknowledged_seconds']} s ({b['refusals_503']} "
-            f"503s), {b['runs_succeeded_distinct']:,} runs succeeded, lost {b['lost']}, "
-            f"all done in {b['all_done_seconds']} s, peak RSS {b['peak_rss_mib']} MiB"
+            f"burst: {b['alerts']:,} alerts in groups of {b['group']} ({b['sender']} sender): "
+            f"acknowledged {b['acknowledged_distinct']:,} in {b['acknowledged_seconds']} s "
+            f"({b['refusals_503']} 503s, {b['retried_errors']} errors retried), "
+            f"{b['runs_succeeded_distinct']:,} runs succeeded, lost {b['lost']}, not done "
+            f"{b['not_done']}, unacknowledged {b['unacknowledged']}, "
+            f"all done in {b['all_done_seconds']} s "
+            f"(queue empty while senders waited {b['idle_while_sending_s']} s), "
+            f"server CPU {b['server_cpu_s']} s, peak RSS {b['peak_rss_mib']} MiB"
         )
     failed = [name for name, ok in report["checks"].items() if not ok]
     print("checks: all passed" if not failed else f"checks FAILED: {', '.join(failed)}")
@@ -1140,6 +1266,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--open-rate", type=float, default=400.0, help="open loop alerts/s")
     parser.add_argument("--burst", type=int, default=10_000, help="burst alerts (0: none)")
     parser.add_argument("--burst-group", type=int, default=500, help="alerts per burst webhook")
+    parser.add_argument(
+        "--burst-sender",
+        choices=("retry-after", "alertmanager"),
+        default="retry-after",
+        help="on a 503, wait its Retry-After (default) or, as Alertmanager does, ignore it and "
+        "back off exponentially",
+    )
+    parser.add_argument(
+        "--burst-only", action="store_true", help="only the burst (no load shapes, no install)"
+    )
     parser.add_argument("--skip-ansible", action="store_true", help="measure remediator only")
     parser.add_argument(
         "--state",
@@ -1172,6 +1308,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--seconds, --repetitions, --connections and --replicas must be positive")
     if args.open_rate <= 0 or args.burst < 0 or args.burst_group < 1:
         parser.error("--open-rate and --burst-group must be positive, --burst at least 0")
+    if args.burst_only and not args.burst:
+        parser.error("--burst-only needs a --burst above 0")
     return args
 
 
@@ -1196,6 +1334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         open_rate=args.open_rate,
         burst=args.burst,
         burst_group=args.burst_group,
+        burst_sender=args.burst_sender,
+        burst_only=args.burst_only,
         skip_ansible=args.skip_ansible,
         state=args.state,
         replicas=args.replicas,

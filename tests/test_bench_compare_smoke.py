@@ -57,7 +57,8 @@ def test_quick_compare_runs_to_completion(tmp_path: Path) -> None:
     assert opened["action_latency"]["n"] == sent
     burst = report["burst"]
     assert burst["accepted_alerts"] == burst["runs_succeeded_distinct"] == compare.QUICK["burst"]
-    assert burst["lost"] == 0
+    assert burst["lost"] == burst["not_done"] == burst["unacknowledged"] == 0
+    assert burst["acknowledged_distinct"] == compare.QUICK["burst"]
     assert burst["peak_rss_mib"] > 0
 
 

@@ -4,21 +4,29 @@ The order matters for the delivery guarantee: plan (pure), reserve queue room, w
 keys + runs + audit in one transaction, then enqueue. Only after that may the HTTP layer answer
 2xx. If there is no room nothing is written and the caller answers 503, so Alertmanager's retry
 is not mistaken for a duplicate.
+
+A refusal is cheap: planning stops at the first alert that no longer fits, so a sender
+retrying a large webhook against a full queue does not take the event loop from the executor
+that is emptying it. Alerts already known to be durable need no room (the store will find them
+duplicates and create nothing), so a re-delivery is accepted, and audited, even while the
+queue is full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
 
 from remediator.adapters import metrics, state
 from remediator.core import planning, safety
-from remediator.core.alerts import Webhook
+from remediator.core.alerts import DedupeKey, Webhook
 from remediator.core.playbooks import PlaybookSet
 from remediator.core.runs import Admission, AdmissionResult
 from remediator.engine import envelope, scheduling
@@ -41,6 +49,46 @@ class Admitted:
 
 class QueueFullError(Exception):
     """No room for this payload's runs; nothing was recorded."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds until the queue has likely drained enough for it, or None if unknown."""
+
+
+SEEN_KEYS = 65_536
+"""Dedupe keys :class:`SeenKeys` remembers (about 16 MiB at most): the alerts of the last
+tens of thousands, which is what Alertmanager re-delivers in its next group notifications."""
+
+
+class SeenKeys:
+    """Dedupe keys this process saw committed: the store holds each of them for ever, so an
+    alert with one of these keys is certainly a duplicate and needs no queue room.
+
+    Only a positive cache: a key not here may still be known to the store (admitted before a
+    restart, or by another replica); such an alert is counted as needing room, which can only
+    make a full queue refuse it for a while, never lose it. The oldest keys are forgotten first.
+    """
+
+    def __init__(self, limit: int = SEEN_KEYS) -> None:
+        self._limit = limit
+        self._keys: dict[DedupeKey, None] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, keys: Iterable[DedupeKey]) -> None:
+        for key in keys:
+            self._keys.pop(key, None)  # re-inserted: the most recent goes last
+            self._keys[key] = None
+        excess = len(self._keys) - self._limit
+        if excess > 0:
+            # Only the oldest few are copied out: the whole set is tens of thousands of keys.
+            for key in list(itertools.islice(self._keys, excess)):
+                del self._keys[key]
 
 
 RUN_ID_BYTES = 16
@@ -173,30 +221,64 @@ class Admitter:
         self._batches = AdmissionBatcher(
             store=store, clock=clock, known_targets=known_targets, owner=owner
         )
+        self._seen = SeenKeys()
 
-    async def admit(self, webhook: Webhook) -> Admitted:
+    def _plan(self, webhook: Webhook) -> tuple[list[Admission], int]:
+        """The admissions and the queue room they need, planned alert by alert; it stops as
+        soon as the room needed exceeds the room free, because then the webhook is refused
+        whole (Alertmanager retries it all), and planning the rest would only burn the CPU
+        that the executor needs to make room.
+
+        All of it runs without an await, so the room read here is still the room when the
+        caller reserves it.
+        """
         playbooks = self._playbooks()
-        admissions = [
-            planning.plan_admission(
+        room = self._scheduler.room
+        admissions: list[Admission] = []
+        counted: set[DedupeKey] = set()
+        wanted = 0
+        for alert in webhook.alerts:
+            admission = planning.plan_admission(
                 alert,
                 playbooks,
                 only_highest=self._only_highest,
                 make_run_id=self._make_run_id,
                 dry_run=self._dry_run,
             )
-            for alert in webhook.alerts
-        ]
-        # A storm's platform-level run may be created too, so it needs room as well.
-        wanted = sum(len(a.runs) + sum(r.on_storm is not None for r in a.runs) for a in admissions)
-        reservation = self._scheduler.reserve(wanted)
+            admissions.append(admission)
+            # Known durable, or earlier in this webhook: the store creates nothing for it.
+            if admission.key in self._seen or admission.key in counted:
+                continue
+            counted.add(admission.key)
+            # A storm's platform-level run may be created too, so it needs room as well.
+            wanted += sum(1 + (run.on_storm is not None) for run in admission.runs)
+            if wanted > room:
+                break
+        return admissions, wanted
+
+    def _queue_full(self, wanted: int, *, planned: int, alerts: int) -> QueueFullError:
+        # When planning stopped early, the rest of the webhook is assumed to need room at the
+        # same rate, to tell the sender roughly how long to wait.
+        needed = math.ceil(wanted * alerts / planned) if planned else wanted
+        self._metrics.runs_not_started.labels(reason="queue_full").inc(wanted)
+        return QueueFullError(
+            f"no room for {needed if planned == alerts else f'about {needed}'} runs",
+            retry_after=self._scheduler.seconds_until_room(needed - self._scheduler.room),
+        )
+
+    async def admit(self, webhook: Webhook) -> Admitted:
+        admissions, wanted = self._plan(webhook)
+        # Never a part of a webhook: what planning left out would be acknowledged unrecorded.
+        complete = len(admissions) == len(webhook.alerts)
+        reservation = self._scheduler.reserve(wanted) if complete else None
         if reservation is None:
-            self._metrics.runs_not_started.labels(reason="queue_full").inc(wanted)
-            raise QueueFullError(f"no room for {wanted} runs")
+            raise self._queue_full(wanted, planned=len(admissions), alerts=len(webhook.alerts))
         try:
             results = await self._batches.admit(admissions)
         except BaseException:
             reservation.release()
             raise
+        self._seen.add(a.key for a in admissions)
         candidates = {
             new.run_id: new
             for a in admissions

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,6 +20,9 @@ log = structlog.get_logger(__name__)
 
 DEFERRED = "deferred"
 """An ``execute`` result meaning "not now": the run goes back to the queue after a delay."""
+DRAIN_SAMPLES = 256
+"""Finished runs the drain rate is measured over: about a second at full speed, so the rate
+follows the executor closely, yet hundreds of samples smooth out single slow runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class Scheduler:
         self._accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
+        self._finish_times: deque[float] = deque(maxlen=DRAIN_SAMPLES)
 
     @property
     def depth(self) -> int:
@@ -77,6 +81,29 @@ class Scheduler:
     @property
     def active(self) -> int:
         return len(self._running)
+
+    @property
+    def room(self) -> int:
+        """Runs :meth:`reserve` would take now: 0 when full or shutting down."""
+        if not self._accepting:
+            return 0
+        return max(0, self._capacity - len(self._pending) - self._reserved)
+
+    def seconds_until_room(self, places: int, *, now: float | None = None) -> float | None:
+        """How long ``places`` more places take to free at the recent drain rate (runs
+        finished per second over the last :data:`DRAIN_SAMPLES`), or None before any finished.
+
+        A rate measured up to *now* (the loop's clock), not up to the last finish, so a
+        stalled executor reads as slow rather than as fast as it last was.
+        """
+        if not self._finish_times:
+            return None
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        elapsed = now - self._finish_times[0]
+        if elapsed <= 0:
+            return None
+        return places * elapsed / len(self._finish_times)
 
     def reserve(self, size: int) -> Reservation | None:
         """Room for ``size`` more runs, or None when full or shutting down."""
@@ -180,6 +207,7 @@ class Scheduler:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         run = self._running.pop(task)
+        self._finish_times.append(asyncio.get_running_loop().time())
         self._busy_targets.discard(run.target)
         self._per_playbook[run.playbook] -= 1
         self._dispatch()

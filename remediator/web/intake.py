@@ -129,7 +129,8 @@ async def _admit(services: Services, webhook: alerts.Webhook) -> web.Response:
     try:
         admitted = await services.admitter.admit(webhook)
     except admitting.QueueFullError as e:
-        return _refuse(services, 503, "queue_full", str(e), headers=retry_after)
+        wait = _retry_after(e.retry_after, fallback=services.settings.server.retry_after)
+        return _refuse(services, 503, "queue_full", str(e), headers={"Retry-After": wait})
     except Exception:
         # The store failed (disk full, locked) or admission hit a bug: the transaction was
         # rolled back or its outcome is unknown. 503 makes Alertmanager send it again, and
@@ -157,6 +158,22 @@ async def _admit(services: Services, webhook: alerts.Webhook) -> web.Response:
             "runs": list(admitted.runs),
         }
     )
+
+
+MAX_RETRY_AFTER = 60
+"""Seconds a full queue asks a sender to wait at most: Alertmanager's own longest backoff."""
+
+
+def _retry_after(estimate: float | None, *, fallback: int) -> str:
+    """Whole seconds until the queue has room, from its drain rate; the configured value
+    before any run has finished (there is no rate to go by yet).
+
+    Rounded, not rounded up: a retry that comes a little early costs one cheap refusal, one
+    that comes late leaves the executor without work.
+    """
+    if estimate is None:
+        return str(fallback)
+    return str(min(MAX_RETRY_AFTER, max(1, round(estimate))))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -127,6 +127,11 @@ async def test_a_repeat_after_a_restart_is_still_a_duplicate(
         await Admission(before, metric_set, playbooks).admit(load_payload("storedown-firing.json"))
 
     async with state.SqliteStateStore(db_path) as after:
+        # A new process does not know which alerts the store holds, so it counts the repeat
+        # as needing room: refused while full, nothing written; a duplicate once there is room.
+        full = Admission(after, metric_set, playbooks, capacity=0)
+        with pytest.raises(admitting.QueueFullError):
+            await full.admit(load_payload("storedown-firing.json"))
         intake = Admission(after, metric_set, playbooks)
         again = await intake.admit(load_payload("storedown-firing.json"))
         page = await after.list_runs(RunFilter())
@@ -365,3 +370,78 @@ async def test_a_failed_shared_transaction_fails_every_waiter_and_records_nothin
     async with state.SqliteStateStore(db_path) as reopened:
         page = await reopened.list_runs(RunFilter())
         assert [r.target for r in page.items] == ["store-s1"]
+
+
+def stores_webhook(*store_ids: str) -> dict[str, Any]:
+    """One webhook with a StoreDown alert per store (fingerprint = the store's index, hex)."""
+    body = webhook()
+    body["alerts"] = [
+        webhook(labels=store_labels(store_id), fingerprint=f"{i + 1:04x}")["alerts"][0]
+        for i, store_id in enumerate(store_ids)
+    ]
+    return body
+
+
+async def test_a_refusal_stops_planning_at_the_first_alert_that_does_not_fit(
+    admission: Callable[..., Admission],
+    store: state.SqliteStateStore,
+    metric_set: metrics.Metrics,
+) -> None:
+    intake = admission(capacity=2)
+
+    with pytest.raises(admitting.QueueFullError, match="about 5 runs"):
+        await intake.admit(stores_webhook("s1", "s2", "s3", "s4", "s5"))
+
+    # Planned were s1, s2 (they fit) and s3 (it did not): three run ids drawn, not five.
+    assert (await intake.admit(webhook())).runs == ("run-4",)
+    assert await audit_kinds(store) == ["alert_received", "run_queued"]
+    assert sample(metric_set, "remediator_runs_not_started_total", reason="queue_full") == 3
+
+
+async def test_a_webhook_of_known_alerts_needs_no_room_and_is_audited(
+    admission: Callable[..., Admission], store: state.SqliteStateStore
+) -> None:
+    intake = admission(capacity=2)
+    first = await intake.admit(stores_webhook("s1", "s2"))
+    assert intake.scheduler.room == 0
+
+    again = await intake.admit(stores_webhook("s1", "s2"))
+
+    assert (again.duplicates, again.runs) == (2, ())
+    assert intake.scheduler.depth == 2
+    recorded = await audit_kinds(store)
+    assert recorded[-2:] == ["alert_duplicate", "alert_duplicate"]
+    # One new alert among them needs room, so all three are refused and nothing is written.
+    with pytest.raises(admitting.QueueFullError):
+        await intake.admit(stores_webhook("s1", "s2", "s3"))
+    assert await audit_kinds(store) == recorded
+    assert first.runs == ("run-1", "run-2")
+
+
+async def test_the_same_alert_twice_in_one_webhook_needs_room_once(
+    admission: Callable[..., Admission],
+) -> None:
+    intake = admission(capacity=1)
+    body = webhook()
+    body["alerts"] = body["alerts"] * 2
+
+    admitted = await intake.admit(body)
+
+    assert (admitted.duplicates, len(admitted.runs)) == (1, 1)
+
+
+def test_seen_keys_forget_the_oldest_first() -> None:
+    def key(n: int) -> alerts.DedupeKey:
+        return alerts.DedupeKey(
+            fingerprint=f"{n:x}",
+            starts_at="2026-12-03T00:00:00.000Z",
+            status=alerts.AlertStatus.FIRING,
+        )
+
+    seen = admitting.SeenKeys(limit=3)
+    seen.add([key(1), key(2), key(3)])
+    seen.add([key(1)])  # seen again: now the most recent
+    seen.add([key(4)])
+
+    assert [n for n in range(1, 5) if key(n) in seen] == [1, 3, 4]
+    assert len(seen) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict
 
+import pytest
 import structlog
 
 from remediator.core.runs import RunStatus
@@ -84,6 +85,46 @@ async def test_reserve_counts_waiting_and_reserved_runs_against_capacity() -> No
     gate.release_all()
     await asyncio.wait_for(scheduler.wait_idle(), WAIT)
     assert gate.finished == ["r1", "r2"]
+
+
+async def test_room_is_what_reserve_would_take() -> None:
+    gate = Gate()
+    scheduler = Scheduler(capacity=3, concurrency=0, execute=gate.execute)
+    assert scheduler.room == 3
+
+    held = scheduler.reserve(2)
+    assert held is not None
+    assert scheduler.room == 1
+    held.commit(queued(("r1", "a")))  # one place used, one given back
+    assert scheduler.room == 2
+    scheduler.restore(queued(("r2", "b"), ("r3", "c"), ("r4", "d")))  # past capacity
+    assert scheduler.room == 0
+    assert scheduler.reserve(1) is None
+
+    await scheduler.drain(0)
+    assert scheduler.room == 0  # shutting down: no room, whatever the queue holds
+
+
+async def test_seconds_until_room_follow_the_drain_rate() -> None:
+    gate = Gate()
+    scheduler = Scheduler(capacity=10, concurrency=2, execute=gate.execute)
+    assert scheduler.seconds_until_room(5) is None  # nothing finished: no rate yet
+
+    reservation = scheduler.reserve(4)
+    assert reservation is not None
+    reservation.commit(queued(("r1", "a"), ("r2", "b"), ("r3", "c"), ("r4", "d")))
+    gate.release_all()
+    await asyncio.wait_for(scheduler.wait_idle(), WAIT)
+
+    now = asyncio.get_running_loop().time()
+    soon = scheduler.seconds_until_room(100, now=now + 1)
+    assert soon is not None
+    assert soon > 0
+    assert scheduler.seconds_until_room(200, now=now + 1) == pytest.approx(2 * soon)
+    # Nothing more finishes: the longer it stalls, the slower the rate it reads.
+    later = scheduler.seconds_until_room(100, now=now + 10)
+    assert later is not None
+    assert later > soon
 
 
 async def test_a_commit_gives_back_unused_room() -> None:

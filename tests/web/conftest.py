@@ -223,9 +223,10 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[MakeEngine]:
             webhook_token: str | None = WEBHOOK_TOKEN,
             api_token: str | None = API_TOKEN,
             viewer_token: str | None = None,
+            retry_after: int = 7,
         ) -> Engine:
             settings = Settings(
-                server=ServerSettings(max_body_bytes=max_body_bytes, retry_after=7),
+                server=ServerSettings(max_body_bytes=max_body_bytes, retry_after=retry_after),
                 auth=AuthSettings(),
                 playbooks=PlaybookSettings(directory=str(playbooks)),
                 state=StateSettings(path=str(tmp_path / f"state-{len(built)}.sqlite")),

@@ -402,6 +402,9 @@ class Story:
             )
         elif kind in ("run_resumed", "run_interrupted"):
             self.takeover = kind
+            if kind == "run_interrupted":
+                # The run's last record: an interrupted run has no run_finished.
+                self.outcome = "interrupted"
             say(
                 "TAKEOVER",
                 f"{kind}: {record['reason']}"

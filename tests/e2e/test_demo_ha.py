@@ -30,9 +30,10 @@ STAGES = (
     r" owner (?P<owner>r\d)",
     r"STEP       restart_db \(k8s\.rollout_restart\): succeeded on (?P=owner)",
     r"KILL     SIGKILL to replica (?P=owner) \(pid \d+\), which owns the run",
+    # Killed in the pause after restart_db (a loaded machine may see it only after wait_db).
     r"TAKEOVER run_taken_over: (?P<heir>r\d) took run (?P=run) from (?P=owner) .*step in flight:"
     r" none; done before: restart_db",
-    r"TAKEOVER run_resumed: the playbook says resume; continues at wait_db",
+    r"TAKEOVER run_resumed: the playbook says resume; continues at (wait_db|restart_app)",
     r"STEP       restart_app \(k8s\.rollout_restart\): succeeded on (?P=heir)",
     r"RUN      succeeded",
     r"HEALTHY  store s1: serving, every part ready",

@@ -3,13 +3,16 @@
 # Both run the idempotent set-up first, so a fresh machine needs nothing else.
 VENV := .venv/bin
 
-.PHONY: setup demo test lint unit e2e bench compare
+.PHONY: setup demo demo-ha test lint unit e2e bench compare bench-ha
 
 setup:
 	@bash .ci/setup
 
 demo: setup
 	$(VENV)/remediator demo
+
+demo-ha: setup
+	$(VENV)/remediator demo --ha
 
 test: setup lint
 	$(VENV)/pytest -q
@@ -33,3 +36,6 @@ bench: setup
 
 compare: setup
 	$(VENV)/python -m bench.compare
+
+bench-ha: setup
+	$(VENV)/python -m bench.ha

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -690,25 +689,26 @@ async def wait_http(url: str, process: asyncio.subprocess.Process, *, log_path: 
     )
 
 
-def state_section(state: str, workdir: Path) -> dict[str, Any]:
+def state_section(
+    state: str, workdir: Path, *, password_file: Path | None = None
+) -> dict[str, Any]:
     """The daemon's ``state:`` config for ``--state``.
 
-    This is the PostgreSQL hook: ``sqlite`` is a fresh file per measurement; a server URL is
-    passed as ``state.url`` once :class:`remediator.config.StateSettings` has that field (the
-    high-availability work adds it). Nothing else here reads the database directly: runs come
-    from the review API and the queue from ``/metrics``, so any backend and any number of
-    replicas sharing it are measured the same way. Each measurement uses its own store ids, so
-    a database shared between measurements does not carry rate limits from one to the next.
+    ``sqlite`` is a fresh file per measurement; a PostgreSQL URL goes to ``state.path`` as it
+    is (it carries no password: that comes from ``password_file``, else from the daemon's
+    ``REMEDIATOR_STATE_PASSWORD``, which the bench's environment passes on). Nothing else here
+    reads the database directly: runs come from the review API and the queue from
+    ``/metrics``, so any backend and any number of replicas sharing it are measured the same
+    way. Each measurement uses its own store ids, so a database shared between measurements
+    does not carry rate limits from one to the next.
     """
     if state == "sqlite":
         return {"path": str(workdir / "state.sqlite")}
     if state.startswith(("postgresql://", "postgres://")):
-        if "url" not in {f.name for f in dataclasses.fields(config.StateSettings)}:
-            raise BenchError(
-                "this remediator has no state.url setting yet: --state postgresql://... "
-                "needs the PostgreSQL backend"
-            )
-        return {"url": state}
+        section: dict[str, Any] = {"path": state}
+        if password_file is not None:
+            section["password_file"] = str(password_file)
+        return section
     raise BenchError(f"--state must be 'sqlite' or a postgresql:// URL, not {state!r}")
 
 
@@ -815,16 +815,22 @@ def _gauge(metrics_text: str, name: str) -> float:
 
 @contextlib.asynccontextmanager
 async def remediator_servers(
-    workdir: Path, *, state: str, replicas: int, cpu: int | None
+    workdir: Path,
+    *,
+    state: str,
+    replicas: int,
+    cpu: int | None,
+    password_file: Path | None = None,
 ) -> AsyncIterator[RemediatorServer]:
-    """``replicas`` daemons on one state; more than one needs a server database."""
+    """``replicas`` daemons on one state; more than one needs a server database. With several,
+    the bench's load goes to them round-robin (`Poster`)."""
     if replicas > 1 and state == "sqlite":
         raise BenchError("--replicas above 1 needs --state postgresql://... (shared state)")
     token = secrets.token_urlsafe(24)
     token_file = workdir / "token"
     token_file.write_text(token, encoding="utf-8")
     token_file.chmod(0o600)
-    section = state_section(state, workdir)
+    section = state_section(state, workdir, password_file=password_file)
     async with contextlib.AsyncExitStack() as stack:
         processes, bases = [], []
         for replica in range(replicas):

@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run without Prometheus and Alertmanager, as when they are not installed"
         " (also REMEDIATOR_DEMO_NO_MONITORING=1)",
     )
+    demo.add_argument(
+        "--ha",
+        action="store_true",
+        help="three replicas on a real PostgreSQL: kill the one running the remediation and"
+        " watch another take it over (needs PostgreSQL installed)",
+    )
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -458,4 +464,12 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from remediator import demo  # the demo pulls in the simulation; serve never needs it
 
+    if args.ha:
+        from remediator import hademo
+
+        if args.keep or args.no_monitoring:
+            print("remediator demo: --ha takes neither --keep nor --no-monitoring", file=sys.stderr)
+            return 2
+
+        return hademo.main()
     return demo.main(keep=args.keep, no_monitoring=args.no_monitoring)

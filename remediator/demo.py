@@ -352,6 +352,11 @@ async def print_audit_trail(loop: closedloop.ClosedLoop, story: Story, out: Text
         " (GET /api/v1/audit; `remediator audit` shows the same records), times in UTC:",
         file=out,
     )
+    print_audit_table(records, out)
+
+
+def print_audit_table(records: list[dict[str, Any]], out: TextIO) -> None:
+    """Audit records (as the API gives them) as a table of `AUDIT_COLUMNS`."""
     rows = [[_cell(record, column) for column in AUDIT_COLUMNS] for record in records]
     widths = [
         min(48, max([len(c), *(len(row[i]) for row in rows)])) for i, c in enumerate(AUDIT_COLUMNS)

@@ -187,7 +187,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _write_secret(path: Path, value: str) -> Path:
+def write_secret(path: Path, value: str) -> Path:
     path.touch(mode=0o600)
     path.chmod(0o600)
     path.write_text(value + "\n", encoding="utf-8")
@@ -462,7 +462,7 @@ def _prepare(workdir: Path, settings: LoopSettings) -> _Files:
         rules=rules,
         rule_labels=read_rule_labels(rules),
         token=token,
-        token_file=_write_secret(workdir / "webhook-token", token),
+        token_file=write_secret(workdir / "webhook-token", token),
     )
 
 

@@ -314,12 +314,12 @@ async def _run_server(
     for attempt in range(1, PORT_ATTEMPTS + 1):
         address = f"127.0.0.1:{pick_port()}"
         url = f"http://{address}"
-        process = await _spawn(executable, arguments(address), log_file=log_file)
+        process = await spawn(executable, arguments(address), log_file=log_file)
         try:
             async with asyncio.timeout(ready_timeout):
                 await _wait_ready(url, process, binary=binary, log_file=log_file)
         except BaseException as e:
-            await _stop(process, binary=binary, grace=stop_grace)
+            await stop_process(process, binary=binary, grace=stop_grace)
             if isinstance(e, _PortTakenError):
                 log.warning(
                     "monitoring_port_retried", binary=binary, address=address, attempt=attempt
@@ -336,7 +336,7 @@ async def _run_server(
                 url=url, process=process, config_file=config_file, log_file=log_file
             )
         finally:
-            await _stop(process, binary=binary, grace=stop_grace)
+            await stop_process(process, binary=binary, grace=stop_grace)
         return
     raise MonitoringError(
         f"{binary} found no free port in {PORT_ATTEMPTS} attempts:\n{_read_tail(log_file)}"
@@ -354,9 +354,10 @@ def pick_free_port() -> int:
         return port
 
 
-async def _spawn(
+async def spawn(
     executable: str, arguments: list[str], *, log_file: Path
 ) -> asyncio.subprocess.Process:
+    """``executable`` with its output to ``log_file``, SIGTERMed if this process dies."""
     # A file rather than a pipe: nobody reads a pipe while the test runs, and a full pipe
     # would block the binary's logging. The file also survives for post-mortems. Truncated per
     # attempt, so that an earlier attempt's bind error is not mistaken for this one's.
@@ -393,7 +394,8 @@ async def _wait_ready(
     )
 
 
-async def _stop(process: asyncio.subprocess.Process, *, binary: str, grace: float) -> None:
+async def stop_process(process: asyncio.subprocess.Process, *, binary: str, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (or when cancelled meanwhile)."""
     if process.returncode is None:
         try:
             process.send_signal(signal.SIGTERM)

@@ -319,7 +319,7 @@ async def test_a_process_ignoring_sigterm_is_killed_after_the_grace() -> None:
     assert await process.stdout.readline() == b"ignoring\n"
 
     with structlog.testing.capture_logs() as logs:
-        await monitoring._stop(process, binary="stubborn", grace=0.2)
+        await monitoring.stop_process(process, binary="stubborn", grace=0.2)
 
     assert process.returncode == -9
     assert [entry["event"] for entry in logs] == [

@@ -85,6 +85,8 @@ def compare_options(args: argparse.Namespace) -> compare.Options:
         open_rate=args.open_rate,
         burst=0,
         burst_group=1,
+        burst_sender="retry-after",
+        burst_only=False,
         skip_ansible=True,
         state="sqlite",
         replicas=1,

@@ -15,7 +15,7 @@ demo-ha: setup
 	$(VENV)/remediator demo --ha
 
 test: setup lint
-	$(VENV)/pytest -q
+	$(VENV)/pytest -q -n auto
 
 lint:
 	$(VENV)/ruff check .

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from remediator.adapters import state
 from remediator.core import alerts
 from remediator.core.errors import PayloadError
 from remediator.engine import admitting
@@ -162,9 +163,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[SERVICES].ready():
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not ready"}, status=503)
+    services = request.app[SERVICES]
+    if not services.ready():
+        return web.json_response({"status": "not ready"}, status=503)
+    try:
+        # A replica whose database is away can acknowledge nothing: out of the Service with
+        # it, until the store answers again.
+        await services.store.ping()
+    except state.StateError as e:
+        return web.json_response({"status": "not ready", "message": str(e)}, status=503)
+    return web.json_response({"status": "ready"})
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -358,6 +358,18 @@ async def test_readyz_follows_readiness(client: Client, engine: Engine) -> None:
         assert (await response.json())["status"] == "ready"
 
 
+async def test_readyz_is_503_while_the_store_does_not_answer(
+    client: Client, engine: Engine
+) -> None:
+    await engine.store.close()  # as when its database is away
+
+    async with client.get("/readyz") as response:
+        assert response.status == 503
+        body = await response.json()
+    assert body["status"] == "not ready"
+    assert "not open" in body["message"]
+
+
 async def test_metrics_exposes_remediator_series(client: Client) -> None:
     await post(client, recorded("storedown-firing"))
     async with client.post(URL, json={}) as response:

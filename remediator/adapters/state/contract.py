@@ -116,6 +116,10 @@ class StateStore(Protocol):
 
     async def is_paused(self) -> bool: ...
 
+    async def ping(self) -> None:
+        """Raise :class:`StateError` unless the store answers a trivial read (readiness)."""
+        ...
+
     async def reset_breakers(
         self, playbook: str, target: str | None, *, by: str, now: float
     ) -> int: ...

@@ -299,6 +299,10 @@ class SqlStateStore(abc.ABC):
             "is_paused", lambda c: safeguards.paused(c) is not None, write=False
         )
 
+    async def ping(self) -> None:
+        """A round trip, bounded like any other (``query_timeout`` on PostgreSQL)."""
+        await self._transact("ping", lambda c: c.execute("SELECT 1").fetchall(), write=False)
+
     async def reset_breakers(
         self, playbook: str, target: str | None, *, by: str, now: float
     ) -> int:

@@ -122,32 +122,45 @@ KILL_AFTER = DISTINCT // 2
 SENDERS = 8
 
 
+@pytest.mark.parametrize("retry_to", ["another replica", "the restarted replica"])
 async def test_sigkill_during_admission_loses_nothing_and_duplicates_nothing(
-    tmp_path: Path, postgres_server: postgresql.PostgresServer
+    tmp_path: Path, postgres_server: postgresql.PostgresServer, retry_to: str
 ) -> None:
     url = fresh_database(postgres_server)
     password = postgres_server.password
-    config = cluster_config(tmp_path, url, daemon_fixtures.QUICK_PLAYBOOK)
-    async with replicas(2, config, cwd=tmp_path, password=password) as (doomed, survivor):
+    restarted = retry_to == "the restarted replica"
+    # Restarted under the same name, as a container restarted in its pod is when
+    # ha.replica_id is the pod's name.
+    leases = {**QUICK_LEASES, "replica_id": "replica-a"} if restarted else QUICK_LEASES
+    config = cluster_config(tmp_path, url, daemon_fixtures.QUICK_PLAYBOOK, ha=leases)
+    async with contextlib.AsyncExitStack() as stack:
+        doomed, *others = await stack.enter_async_context(
+            replicas(1 if restarted else 2, config, cwd=tmp_path, password=password)
+        )
         delivered = await daemon_fixtures.deliver_until_killed(
             doomed, daemon_fixtures.stream(DISTINCT), kill_after=KILL_AFTER, senders=SENDERS
         )
         assert delivered.in_flight, "the kill must cut requests short"
-        async with aiohttp.ClientSession(headers=survivor.headers()) as session:
-            retried = await redeliver(session, [survivor], delivered.unacknowledged)
+        if restarted:
+            others = await stack.enter_async_context(
+                replicas(1, config, cwd=tmp_path, password=password)
+            )
+        (receiver,) = others
+        async with aiohttp.ClientSession(headers=receiver.headers()) as session:
+            retried = await redeliver(session, [receiver], delivered.unacknowledged)
             assert {status for status, _ in retried} == {200}, retried
-            repeated = await redeliver(session, [survivor], delivered.acknowledged[::7])
+            repeated = await redeliver(session, [receiver], delivered.acknowledged[::7])
             assert repeated
             assert [a for a in repeated if a != (200, DUPLICATE)] == [], "not a duplicate"
-            # The dead replica's lease runs out; the survivor adopts its queue and takes over
-            # what it had started.
-            runs = await daemon_fixtures.wait_all_finished(session, survivor)
-            taken_over = await daemon_fixtures.audit_of(session, survivor, "run_taken_over")
-            resumed = await daemon_fixtures.audit_of(session, survivor, "run_resumed")
-        survivor.send(signal.SIGTERM)
-        assert await survivor.exit_code() == 0
+            # The receiver adopts the dead replica's queue and takes over what it had
+            # started: once its lease ran out, or at once when it is that replica restarted.
+            runs = await daemon_fixtures.wait_all_finished(session, receiver)
+            taken_over = await daemon_fixtures.audit_of(session, receiver, "run_taken_over")
+            resumed = await daemon_fixtures.audit_of(session, receiver, "run_resumed")
+        receiver.send(signal.SIGTERM)
+        assert await receiver.exit_code() == 0
         adopted_queued = sum(
-            e["count"] for e in survivor.events if e.get("event") == "runs_adopted"
+            e["count"] for e in receiver.events if e.get("event") == "runs_adopted"
         )
 
     per_alert = collections.Counter(run["fingerprint"] for run in runs)
@@ -158,7 +171,7 @@ async def test_sigkill_during_admission_loses_nothing_and_duplicates_nothing(
     outcomes = collections.Counter(run["status"] for run in runs)
     assert set(outcomes) == {"succeeded"}, outcomes
     assert adopted_queued + len(taken_over), (
-        "the dead replica left nothing for the survivor: the kill came too late"
+        "the dead replica left nothing to adopt: the kill came too late"
     )
     # Each run the kill cut short was taken over once, and (its one step being read-only)
     # resumed.

@@ -41,6 +41,8 @@ pytestmark = [
 PASSWORD_ENV = "REMEDIATOR_STATE_PASSWORD"
 QUICK_LEASES = {"lease_duration": 2.0, "renew_interval": 0.5}
 """Leases short enough that a dead replica's runs are taken over within seconds."""
+MULTI_DAEMON_TIMEOUT = 120
+"""A hang guard, not a speed check: several daemons start on a machine CI may share."""
 
 
 def fresh_database(server: postgresql.PostgresServer) -> str:
@@ -109,6 +111,12 @@ async def redeliver(
     return list(await asyncio.gather(*(one(t, p) for t, p in enumerate(payloads))))
 
 
+def assert_password_never_logged(daemons: Sequence[Daemon], password: str) -> None:
+    for daemon in daemons:
+        assert daemon.lines, "no log to look at"
+        assert not [line for line in daemon.lines if password in line], "the password was logged"
+
+
 def verify_audit(url: str, password: str, cwd: Path) -> None:
     verified = cli("audit", "verify", "--state", url, cwd=cwd, env={PASSWORD_ENV: password})
     assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -122,6 +130,7 @@ KILL_AFTER = DISTINCT // 2
 SENDERS = 8
 
 
+@pytest.mark.timeout(MULTI_DAEMON_TIMEOUT)
 @pytest.mark.parametrize("retry_to", ["another replica", "the restarted replica"])
 async def test_sigkill_during_admission_loses_nothing_and_duplicates_nothing(
     tmp_path: Path, postgres_server: postgresql.PostgresServer, retry_to: str
@@ -159,6 +168,7 @@ async def test_sigkill_during_admission_loses_nothing_and_duplicates_nothing(
             resumed = await daemon_fixtures.audit_of(session, receiver, "run_resumed")
         receiver.send(signal.SIGTERM)
         assert await receiver.exit_code() == 0
+        assert_password_never_logged([doomed, receiver], password)
         adopted_queued = sum(
             e["count"] for e in receiver.events if e.get("event") == "runs_adopted"
         )
@@ -256,6 +266,7 @@ def fleet_webhooks() -> list[dict[str, Any]]:
     return webhooks
 
 
+@pytest.mark.timeout(MULTI_DAEMON_TIMEOUT)
 async def test_limits_are_exact_across_three_replicas(
     tmp_path: Path, postgres_server: postgresql.PostgresServer
 ) -> None:
@@ -290,6 +301,7 @@ async def test_limits_are_exact_across_three_replicas(
             await asyncio.gather(*(send(session, i) for i in range(FLEET_SENDERS)))
             runs = await daemon_fixtures.wait_all_finished(session, cluster[1])
             refusals = await daemon_fixtures.audit_of(session, cluster[2], "alert_not_run")
+            assert_password_never_logged(cluster, password)
             refused_by_metrics = sum(
                 [await _refusals_counted(session, daemon) for daemon in cluster],
                 collections.Counter[str](),
@@ -426,7 +438,7 @@ async def wait_for(condition: Callable[[], bool], budget: float, what: str) -> N
         raise AssertionError(f"not within {budget} s: {what}") from None
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(MULTI_DAEMON_TIMEOUT)
 async def test_database_outage_refuses_with_503_and_recovers_by_itself(tmp_path: Path) -> None:
     with postgresql.run_postgres(tmp_path / "postgres") as server:
         url = server.url()
@@ -473,6 +485,7 @@ async def test_database_outage_refuses_with_503_and_recovers_by_itself(tmp_path:
             for daemon in cluster:
                 daemon.send(signal.SIGTERM)
             assert [await d.exit_code() for d in cluster] == [0, 0]
+            assert_password_never_logged(cluster, server.password)
         verify_audit(url, server.password, tmp_path)
 
     during = [a for a in load.webhooks if a.within(down, up)]

@@ -65,13 +65,16 @@ def environment() -> dict[str, str]:
 
 
 def cli(
-    *args: str | Path, cwd: Path, check_rc: int | None = None
+    *args: str | Path,
+    cwd: Path,
+    check_rc: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m remediator`` to completion."""
+    """Run ``python -m remediator`` to completion; ``env`` adds to the clean environment."""
     done = subprocess.run(
         [sys.executable, "-m", "remediator", *map(str, args)],
         cwd=cwd,
-        env=environment(),
+        env={**environment(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -202,11 +205,17 @@ async def all_runs(
     session: aiohttp.ClientSession, daemon: Daemon, **query: str
 ) -> list[dict[str, Any]]:
     """Every run through GET /api/v1/runs, page after page."""
+    return await _every_page(session, daemon, "/api/v1/runs", query)
+
+
+async def _every_page(
+    session: aiohttp.ClientSession, daemon: Daemon, path: str, query: Mapping[str, str]
+) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     params = {"limit": "1000", **query}
     while True:
         async with session.get(
-            f"{daemon.url}/api/v1/runs", params=params, headers=daemon.headers(API_TOKEN)
+            f"{daemon.url}{path}", params=params, headers=daemon.headers(API_TOKEN)
         ) as response:
             assert response.status == 200, await response.text()
             page = await response.json()
@@ -219,15 +228,8 @@ async def all_runs(
 async def audit_of(
     session: aiohttp.ClientSession, daemon: Daemon, kind: str
 ) -> list[dict[str, Any]]:
-    """The first page (up to 1,000) of audit records of one kind, through GET /api/v1/audit."""
-    async with session.get(
-        f"{daemon.url}/api/v1/audit",
-        params={"kind": kind, "limit": "1000"},
-        headers=daemon.headers(API_TOKEN),
-    ) as response:
-        assert response.status == 200, await response.text()
-        items: list[dict[str, Any]] = (await response.json())["items"]
-        return items
+    """Every audit record of one kind, through GET /api/v1/audit, page after page."""
+    return await _every_page(session, daemon, "/api/v1/audit", {"kind": kind})
 
 
 async def wait_all_finished(
@@ -240,6 +242,51 @@ async def wait_all_finished(
             if all(r["status"] not in ("queued", "running") for r in runs):
                 return runs
             await asyncio.sleep(0.05)
+
+
+@dataclass(kw_only=True)
+class Delivered:
+    """What a stream of webhooks cut short by a SIGKILL left, as Alertmanager would see it."""
+
+    acknowledged: list[dict[str, Any]] = field(default_factory=list)
+    """Answered 2xx: the daemon promised these are durable."""
+    unacknowledged: list[dict[str, Any]] = field(default_factory=list)
+    """Not answered 2xx: Alertmanager sends these again."""
+    in_flight: int = 0
+    """Requests already sent when the kill came and never answered."""
+
+
+async def deliver_until_killed(
+    daemon: Daemon, deliveries: Sequence[Mapping[str, Any]], *, kill_after: int, senders: int
+) -> Delivered:
+    """POST ``deliveries`` from ``senders`` at once; SIGKILL the daemon at the ``kill_after``th
+    acknowledgement, so the others' requests are in flight; the rest go nowhere."""
+    pending = list(reversed(deliveries))
+    delivered = Delivered()
+    killed = asyncio.Event()
+    url = f"{daemon.url}/webhook/alertmanager"
+
+    async def send(session: aiohttp.ClientSession) -> None:
+        while pending:
+            payload = dict(pending.pop())
+            sent_before_kill = not killed.is_set()
+            try:
+                async with session.post(url, json=payload) as response:
+                    await response.read()
+                    ok = 200 <= response.status < 300
+            except aiohttp.ClientError:
+                ok = False
+                delivered.in_flight += sent_before_kill and killed.is_set()
+            (delivered.acknowledged if ok else delivered.unacknowledged).append(payload)
+            if len(delivered.acknowledged) == kill_after and not killed.is_set():
+                # Once: a second kill() could reap the child before asyncio's watcher does.
+                killed.set()
+                daemon.process.kill()
+
+    async with aiohttp.ClientSession(headers=daemon.headers()) as session:
+        await asyncio.gather(*(send(session) for _ in range(senders)))
+    assert await daemon.exit_code() == -signal.SIGKILL
+    return delivered
 
 
 def firing(index: int, *, alertname: str = "E2E", **labels: str) -> dict[str, Any]:
@@ -262,6 +309,19 @@ def firing(index: int, *, alertname: str = "E2E", **labels: str) -> dict[str, An
             }
         ],
     }
+
+
+def stream(distinct: int) -> list[dict[str, Any]]:
+    """Every ``firing(i)`` once, some twice in a row, some again much later (as Alertmanager
+    re-sends on its repeat interval)."""
+    deliveries = []
+    for i in range(distinct):
+        deliveries.append(firing(i))
+        if i % 10 == 3:
+            deliveries.append(firing(i))
+        if i % 25 == 24:
+            deliveries.append(firing(i - 20))
+    return deliveries
 
 
 def fingerprint_of(payload: Mapping[str, Any]) -> str:

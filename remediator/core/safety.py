@@ -182,13 +182,19 @@ def _limits(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) -> Decision
 
 def _cooldown(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) -> Decision:
     last = snapshot.last_finished_on_target
-    if last is not None and now - last < policy.cooldown:
+    if last is None:
+        return ALLOWED
+    # A run can have finished "after" now: now is read before the writer lock is won, and
+    # another replica's clock may be a little ahead. It finished zero seconds ago, not minus a
+    # few, or even a cooldown of 0 would refuse.
+    elapsed = max(0.0, now - last)
+    if elapsed < policy.cooldown:
         return Decision(
             refusal=Refusal.COOLDOWN,
             details={
                 "last_finished": last,
                 "cooldown": policy.cooldown,
-                "remaining": round(policy.cooldown - (now - last), 3),
+                "remaining": round(policy.cooldown - elapsed, 3),
             },
         )
     return ALLOWED

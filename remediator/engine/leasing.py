@@ -100,7 +100,7 @@ class LeaseKeeper:
     async def start(self) -> Adoption:
         """Take the lease and whatever was left to adopt; before the listener opens."""
         await self._renew()
-        return await self._adopt(everyone_else=self._exclusive)
+        return await self._adopt(everyone_else=self._exclusive, starting=True)
 
     async def run(self) -> None:
         """Background task: renew, give up what cannot be recorded, adopt orphans."""
@@ -149,9 +149,9 @@ class LeaseKeeper:
         self._incarnation += 1
         self._renewed_at = None
 
-    async def _adopt(self, *, everyone_else: bool) -> Adoption:
+    async def _adopt(self, *, everyone_else: bool, starting: bool = False) -> Adoption:
         adoption = await self._store.adopt_orphans(
-            self.replica_id, now=self._clock(), everyone_else=everyone_else
+            self.replica_id, now=self._clock(), everyone_else=everyone_else, starting=starting
         )
         if adoption.queued:
             log.info("runs_adopted", count=len(adoption.queued))

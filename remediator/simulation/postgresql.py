@@ -73,6 +73,9 @@ class PostgresServer:
         if self.process is not None and self.process.poll() is None:
             return
         bin_dir = _require_binaries()
+        # Again on a restart: a directory above may have lost its traverse bit meanwhile (a new
+        # pytest session makes /tmp/pytest-of-<user> 0700 again).
+        _hand_over(self.workdir)
         log = (self.workdir / "postgres.log").open("ab")
         command = [
             str(bin_dir / "postgres"),

@@ -211,6 +211,27 @@ async def test_a_restarted_single_replica_takes_over_every_other_owner(
     assert [t.run.run_id for t in adoption.taken_over] == ["r1"]
 
 
+async def test_a_replica_restarted_under_its_own_name_takes_over_what_it_left(
+    store: state.SqlStateStore, other: state.SqlStateStore
+) -> None:
+    # ha.replica_id is the pod's name and the container restarted: the new process renews the
+    # very lease its predecessor held, so nobody else will ever see these runs as orphans.
+    await started_with_one_step_in_flight(store, "r1")
+    await queue(store, "r2", owner="a", target="store-2")
+    await other.heartbeat("a", host="node-a", now=1003.0, ttl=TTL)
+
+    assert await other.adopt_orphans("a", now=1003.0) == runs.Adoption()
+    adoption = await other.adopt_orphans("a", now=1003.0, starting=True)
+
+    assert [r.run_id for r in adoption.queued] == ["r2"]
+    (takeover,) = adoption.taken_over
+    assert (takeover.run.run_id, takeover.previous_owner, takeover.in_flight) == (
+        "r1",
+        "a",
+        "scale",
+    )
+
+
 async def test_a_replica_without_a_live_lease_adopts_nothing(
     store: state.SqlStateStore,
 ) -> None:

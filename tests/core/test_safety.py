@@ -157,6 +157,16 @@ def test_zero_cooldown_allows_a_run_finished_this_instant() -> None:
     assert safety.decide_admission(policy, Snapshot(last_finished_on_target=NOW), now=NOW).allowed
 
 
+def test_a_run_finished_after_now_finished_zero_seconds_ago() -> None:
+    # now is read before the writer lock; another replica may finish a run meanwhile.
+    later = Snapshot(last_finished_on_target=NOW + 0.2)
+    zero = dataclasses.replace(POLICY, cooldown=0.0)
+
+    assert safety.decide_admission(zero, later, now=NOW).allowed
+    assert safety.decide_start(zero, later, now=NOW).allowed
+    assert safety.decide_admission(POLICY, later, now=NOW).details["remaining"] == 300.0
+
+
 def test_storm_refusal_details() -> None:
     snapshot = Snapshot(storm_targets=6, known_targets=100)
 

@@ -10,11 +10,9 @@ crash cut short were taken over and finished.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import signal
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -31,53 +29,17 @@ SENDERS = 8
 CONCURRENCY = 8
 
 
-def stream() -> list[dict[str, Any]]:
-    """Every alert once, some twice in a row, some again much later."""
-    deliveries = []
-    for i in range(DISTINCT):
-        deliveries.append(firing(i))
-        if i % 10 == 3:
-            deliveries.append(firing(i))
-        if i % 25 == 24:
-            deliveries.append(firing(i - 20))
-    return deliveries
-
-
 async def test_sigkill_mid_stream_then_restart(tmp_path: Path) -> None:
     (tmp_path / "playbooks").mkdir()
     (tmp_path / "playbooks" / "quick.yaml").write_text(
         daemon_fixtures.QUICK_PLAYBOOK, encoding="utf-8"
     )
     config = daemon_fixtures.write_config(tmp_path, engine={"concurrency": CONCURRENCY})
-    pending: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    for delivery in stream():
-        pending.put_nowait(delivery)
-    acknowledged: list[dict[str, Any]] = []
-    unacknowledged: list[dict[str, Any]] = []
-    killed = asyncio.Event()
-
     async with daemon_fixtures.run_daemon("--config", config, cwd=tmp_path) as first:
-        url = f"{first.url}/webhook/alertmanager"
-
-        async def send(session: aiohttp.ClientSession) -> None:
-            while not pending.empty():
-                payload = pending.get_nowait()
-                try:
-                    async with session.post(url, json=payload) as response:
-                        await response.read()
-                        ok = 200 <= response.status < 300
-                except aiohttp.ClientError:
-                    ok = False
-                (acknowledged if ok else unacknowledged).append(payload)
-                if len(acknowledged) == KILL_AFTER and not killed.is_set():
-                    # Once: a second kill() could reap the child before asyncio's watcher does.
-                    killed.set()
-                    first.process.kill()
-
-        async with aiohttp.ClientSession(headers=first.headers()) as session:
-            await asyncio.gather(*(send(session) for _ in range(SENDERS)))
-        assert await first.exit_code() == -signal.SIGKILL
-
+        delivered = await daemon_fixtures.deliver_until_killed(
+            first, daemon_fixtures.stream(DISTINCT), kill_after=KILL_AFTER, senders=SENDERS
+        )
+    acknowledged, unacknowledged = delivered.acknowledged, delivered.unacknowledged
     assert len(acknowledged) >= KILL_AFTER
     assert unacknowledged, "the kill must have happened with deliveries still to send"
     acknowledged_alerts = {fingerprint_of(p) for p in acknowledged}

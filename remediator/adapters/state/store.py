@@ -272,13 +272,16 @@ class SqlStateStore(abc.ABC):
         return await self._transact("release_replica", lambda c: tx.release(c, replica_id))
 
     async def adopt_orphans(
-        self, replica_id: str, *, now: float, everyone_else: bool = False
+        self, replica_id: str, *, now: float, everyone_else: bool = False, starting: bool = False
     ) -> runs.Adoption:
         """Take every unfinished run whose owner's lease expired (or, with ``everyone_else``,
-        every other owner's); started ones are taken over, audited."""
+        every other owner's; with ``starting``, this replica id's too); started ones are taken
+        over, audited."""
         return await self._transact(
             "adopt_orphans",
-            lambda c: tx.adopt(c, replica_id, now=now, everyone_else=everyone_else),
+            lambda c: tx.adopt(
+                c, replica_id, now=now, everyone_else=everyone_else, starting=starting
+            ),
         )
 
     async def disown(self, run_id: str, owner: str) -> bool:

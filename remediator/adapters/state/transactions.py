@@ -492,9 +492,12 @@ def release(conn: Connection, replica_id: str) -> int:
     return released
 
 
-def adopt(conn: Connection, replica_id: str, *, now: float, everyone_else: bool) -> runs.Adoption:
+def adopt(
+    conn: Connection, replica_id: str, *, now: float, everyone_else: bool, starting: bool = False
+) -> runs.Adoption:
     """Make this replica the owner of every unfinished run whose owner's lease has expired
-    (with ``everyone_else``: of every other owner, for a single replica after a crash).
+    (with ``everyone_else``: of every other owner, for a single replica after a crash; with
+    ``starting``: of its own id's as well, left by the previous process of that name).
 
     Queued runs simply change hands. A started run is taken over: its step in flight, if any,
     is recorded ``unknown``; ``run_taken_over`` says who had it and what was done.
@@ -512,10 +515,17 @@ def adopt(conn: Connection, replica_id: str, *, now: float, everyone_else: bool)
         if everyone_else
         else "(owner IS NULL OR (owner != ? AND owner NOT IN (SELECT replica_id FROM replicas)))"
     )
+    params: tuple[str, ...] = (*UNFINISHED, replica_id)
+    if starting:
+        # A process that is starting owns nothing yet: what its id owns, a previous process of
+        # that name left (ha.replica_id set to the pod's name, and the container restarted).
+        # Its own renewal keeps that lease alive, so no other replica would ever adopt them.
+        orphaned = f"(owner = ? OR {orphaned})"
+        params = (*UNFINISHED, replica_id, replica_id)
     rows = conn.execute(
         f"SELECT run_id, owner, status, in_flight FROM runs WHERE status IN ({marks})"  # noqa: S608
         f" AND {orphaned} ORDER BY created_at, id",
-        (*UNFINISHED, replica_id),
+        params,
     ).fetchall()
     queued: list[runs.RunRecord] = []
     taken: list[runs.Takeover] = []

@@ -1,0 +1,355 @@
+"""High availability as a cluster does it: three ``remediator serve`` processes on one real
+PostgreSQL database, in front of the simulated platform (the Kubernetes API emulator over HTTP,
+real store endpoints), with real Alertmanagers where alerts come from (`tests.ha_fixtures`).
+
+- Two Alertmanagers, peered by gossip, each deliver to a different replica: one alert, posted
+  to both, is remediated once across the cluster, with one set of Kubernetes writes.
+- The replica running a run is SIGKILLed between two mutating steps: another replica takes the
+  run over after the lease, repeats nothing, and escalates once.
+- The leader is SIGKILLed: a follower leads within one lease and exports ``store_up`` again.
+
+Leases are short (`ha_fixtures.LEASE_DURATION`), so each test takes seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediator.simulation import postgresql, stores
+from tests import ha_fixtures
+from tests.engine.conftest import playbook_yaml
+from tests.playbooks_e2e.conftest import store_alert
+from tests.safety_fixtures import safety_section
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not postgresql.available(), reason="PostgreSQL is not installed"),
+]
+
+MARGIN = 1.5
+"""Seconds of scheduling latency allowed on top of a protocol bound (a lease, a probe
+interval) on a loaded 2-core CI machine; far below the bound it checks against (the fallback
+of a broken takeover or election is never, or the default lease of 15 s)."""
+
+
+def restart(kind: str, name: str) -> str:
+    return f"""\
+    action: k8s.rollout_restart
+    params:
+      namespace: "{{{{ target }}}}"
+      kind: {kind}
+      name: "{{{{ alert.labels.store_id }}}}-{name}"
+"""
+
+
+def storefront_check(storefront_url: str) -> str:
+    """A verify check: the store's check URL answers 200 through the storefront (the
+    simulated ingress, which routes by Host header)."""
+    return f"""\
+      action: http.request
+      params:
+        url: "{storefront_url}{stores.CHECK_PATH}"
+        headers:
+          Host: "{{{{ alert.labels.store_id }}}}.{stores.DOMAIN}"
+        expect_status: [200]
+"""
+
+
+def store_down_playbook(storefront_url: str) -> str:
+    """The runbook's fix for a store whose app is down (restart it, see the rollout through),
+    verified by the store answering again."""
+    return (
+        playbook_yaml(
+            "ha-store-down",
+            f"""\
+steps:
+  - name: restart_app
+{restart("Deployment", "app")}
+  - name: wait_app
+    action: k8s.wait_rollout
+    timeout: 30s
+    params:
+      namespace: "{{{{ target }}}}"
+      kind: Deployment
+      name: "{{{{ alert.labels.store_id }}}}-app"
+      interval: 0.2
+verify:
+  timeout: 15s
+  interval: 0.5s
+  checks:
+    - name: store_answers
+{storefront_check(storefront_url)}
+""",
+        )
+        + safety_section()
+    )
+
+
+def two_mutations_playbook(hold_url: str, *, resume: bool) -> str:
+    """Two Kubernetes writes with a step the test holds in flight between them (a POST to the
+    test's `ha_fixtures.hold_server`, itself mutating)."""
+    return (
+        playbook_yaml(
+            "ha-two-mutations",
+            f"""\
+resume: {str(resume).lower()}
+steps:
+  - name: restart_app
+{restart("Deployment", "app")}
+  - name: hold
+    action: http.request
+    timeout: 60s
+    params:
+      url: "{hold_url}"
+      method: POST
+      json: {{store: "{{{{ alert.labels.store_id }}}}"}}
+  - name: restart_db
+{restart("StatefulSet", "db")}
+""",
+            matchers=('alertname="HaTwoMutations"',),
+        )
+        + safety_section()
+    )
+
+
+def alertmanager_alert(alertname: str, store_id: str) -> dict[str, Any]:
+    """An alert as Prometheus POSTs it to Alertmanager's /api/v2/alerts."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        "labels": {
+            "alertname": alertname,
+            "store_id": store_id,
+            "namespace": f"store-{store_id}",
+            "severity": "critical",
+        },
+        "annotations": {"summary": f"{alertname} {store_id}"},
+        "startsAt": now,
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=store_up+%3D%3D+0",
+    }
+
+
+# --- 1. two Alertmanagers, three replicas, one run ----------------------------------------------
+
+
+async def test_an_alert_from_two_alertmanagers_is_remediated_once(
+    tmp_path: Path, postgres_server: postgresql.PostgresServer
+) -> None:
+    ha_fixtures.require_alertmanager()
+    async with ha_fixtures.run_cluster(
+        tmp_path,
+        postgres_server,
+        replicas=3,
+        playbooks=lambda sim: {"ha-store-down": store_down_playbook(sim.storefront_url)},
+        stores=("s1",),
+    ) as cluster:
+        sim = cluster.platform
+        sim.inject("app_down", "s1")
+        assert not sim.serving("s1")
+        first, second, _ = cluster.replicas
+        async with ha_fixtures.run_alertmanagers(tmp_path / "am", [first, second]) as ams:
+            alert = alertmanager_alert("StoreDown", "s1")
+            for am in ams:
+                await ha_fixtures.post_to_alertmanager(cluster.session, am, [alert])
+            started = await cluster.wait_audit("run_started")
+            detail = await cluster.wait_run(started["run_id"])
+            # Both Alertmanagers have decided about their notification (sent, or found in
+            # the shared log that the other sent it): nothing else is on its way.
+            await ha_fixtures.wait_notified(cluster.session, ams)
+            sent = [
+                await ha_fixtures.am_metric(cluster.session, am, "alertmanager_notifications_total")
+                for am in ams
+            ]
+        runs_seen = [await cluster.runs(replica) for replica in cluster.replicas]
+        received = await cluster.audit("alert_received")
+        verified = [a for a in detail["audit"] if a["kind"] == "verification_finished"]
+        writes = cluster.kube_writes("store-s1")
+        audit = cluster.verify_audit()
+
+    assert sum(sent) >= 1, sent
+    assert len(received) >= 1
+    # One run, whoever received the alert and however often: every replica sees the same one.
+    assert [[r["id"] for r in seen] for seen in runs_seen] == [[started["run_id"]]] * 3
+    assert (detail["playbook"], detail["target"], detail["status"]) == (
+        "ha-store-down",
+        "store-s1",
+        "succeeded",
+    )
+    assert [(v["outcome"]) for v in verified] == ["passed"]
+    assert {s["name"]: s["outcome"] for s in detail["steps"] if s["phase"] == "steps"} == {
+        "restart_app": "succeeded",
+        "wait_app": "succeeded",
+    }
+    # One set of writes reached the API: the one restart, by whichever replica ran it.
+    assert writes == [("PATCH", "/apis/apps/v1/namespaces/store-s1/deployments/s1-app")]
+    assert sim.healthy("s1"), sim.problems("s1")
+    assert audit.returncode == 0, (audit.stdout, audit.stderr)
+    assert cluster.escalations.bodies == []
+
+
+# --- 2. the owner dies between two mutating steps --------------------------------------------
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["interrupted", "resumed"])
+async def test_a_run_whose_replica_is_killed_is_taken_over_once(
+    tmp_path: Path, postgres_server: postgresql.PostgresServer, resume: bool
+) -> None:
+    async with (
+        ha_fixtures.hold_server() as hold,
+        ha_fixtures.run_cluster(
+            tmp_path,
+            postgres_server,
+            replicas=3,
+            playbooks=lambda _: {
+                "ha-two-mutations": two_mutations_playbook(hold.url, resume=resume)
+            },
+            stores=("s2",),
+            allowed_hosts=[hold.address],
+        ) as cluster,
+    ):
+        entry = cluster.replicas[1]
+        admitted = await ha_fixtures.post(
+            cluster.session, entry, store_alert("HaTwoMutations", "s2", severity="critical")
+        )
+        (run_id,) = admitted["runs"]
+        await hold.wait_arrived()
+        owner = await cluster.owner_of(run_id, "restart_app")
+        before_kill = list(cluster.kube_writes("store-s2"))
+        killed_at = time.time()
+        await cluster.kill(owner)
+
+        taken = await cluster.wait_audit("run_taken_over", lambda r: r["run_id"] == run_id)
+        detail = await cluster.wait_run(run_id)
+        message = await cluster.escalations.next_body()
+        hold.released.set()
+        # Every survivor has looked for orphans again since: a second takeover (or message)
+        # would have happened by now.
+        await cluster.wait_renewals(rounds=2)
+        taken_all = await cluster.audit("run_taken_over")
+        resumed = await cluster.audit("run_resumed")
+        interrupted = await cluster.audit("run_interrupted")
+        writes = cluster.kube_writes("store-s2")
+        takeovers = {
+            r.replica_id: await cluster.sample(
+                r,
+                "remediator_runs_taken_over_total",
+                outcome="resumed" if resume else "interrupted",
+            )
+            for r in cluster.live
+        }
+        audit = cluster.verify_audit()
+
+    new_owner = taken["details"]["by"]
+    assert new_owner != owner.replica_id and new_owner in {r.replica_id for r in cluster.live}
+    assert taken["details"] | {"by": None} == {
+        "from": owner.replica_id,
+        "by": None,
+        "was": "running",
+        "step_in_flight": "hold",
+        "done": ["restart_app"],
+    }
+    # Taken over once the lease ran out, not before, and at the next renewal after it.
+    taken_at = ha_fixtures.recorded_at(taken)
+    assert taken_at - killed_at <= ha_fixtures.LEASE_DURATION + ha_fixtures.RENEW_INTERVAL + MARGIN
+    assert [r["run_id"] for r in taken_all] == [run_id]
+
+    restart_app = ("PATCH", "/apis/apps/v1/namespaces/store-s2/deployments/s2-app")
+    restart_db = ("PATCH", "/apis/apps/v1/namespaces/store-s2/statefulsets/s2-db")
+    assert before_kill == [restart_app]
+    assert len(hold.calls) == 1, hold.calls
+    steps = {s["name"]: s["outcome"] for s in detail["steps"] if s["phase"] == "steps"}
+    if resume:
+        # Resumed after the step in flight: the second write, once; the first not again.
+        assert writes == [restart_app, restart_db]
+        assert steps == {"restart_app": "succeeded", "hold": "unknown", "restart_db": "succeeded"}
+        assert [r["run_id"] for r in resumed] == [run_id]
+        assert interrupted == []
+        ending = "resumed after it"
+    else:
+        assert writes == [restart_app]
+        assert detail["status"] == "interrupted"
+        assert steps == {"restart_app": "succeeded", "hold": "unknown"}
+        assert [r["run_id"] for r in interrupted] == [run_id]
+        assert resumed == []
+        ending = "ended interrupted"
+    # One message, naming the run, the target, the step in flight and what was done.
+    assert cluster.escalations.bodies == [message]
+    text = message["text"]
+    for part in (
+        run_id,
+        "store-s2",
+        f"from replica {owner.replica_id}",
+        "step 'hold' was in flight",
+        "done: restart_app;",
+        ending,
+    ):
+        assert part in text, (part, text)
+    assert takeovers[new_owner] == 1
+    assert sum(v or 0 for v in takeovers.values()) == 1
+    assert audit.returncode == 0, (audit.stdout, audit.stderr)
+
+
+# --- 3. the leader dies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("elector", ["kubernetes", "postgresql"])
+async def test_a_follower_leads_and_probes_once_the_leader_is_killed(
+    tmp_path: Path, postgres_server: postgresql.PostgresServer, elector: str
+) -> None:
+    async with ha_fixtures.run_cluster(
+        tmp_path,
+        postgres_server,
+        replicas=3,
+        stores=("s1", "s2"),
+        overrides={"ha": {"leader_election": elector}},
+    ) as cluster:
+        leader = await cluster.wait_leader()
+        probed = await cluster.wait_store_up(leader, {"s1": 1.0, "s2": 1.0})
+        followers_before = {
+            r.replica_id: await cluster.store_up(r) for r in cluster.live if r is not leader
+        }
+        killed_at = time.time()
+        await cluster.kill(leader)
+
+        successor = await cluster.wait_leader()
+        elected = await cluster.wait_audit(
+            "leader_elected", lambda r: r["details"]["replica"] == successor.replica_id
+        )
+        exported = await cluster.wait_store_up(successor, {"s1": 1.0, "s2": 1.0})
+        exported_at = time.time()
+        # A whole lease later, still one leader: the survivors do not fight over it.
+        await cluster.wait_renewals(
+            rounds=round(ha_fixtures.LEASE_DURATION / ha_fixtures.RENEW_INTERVAL)
+        )
+        leaders_after = await cluster.leaders()
+        remaining = [r for r in cluster.live if r is not successor]
+        followers_after = {r.replica_id: await cluster.store_up(r) for r in remaining}
+        changes = await cluster.audit("leader_elected")
+        lease = cluster.platform.emulator.get(
+            "coordination.k8s.io/v1", "Lease", "remediator-leader", "remediator"
+        )
+        audit = cluster.verify_audit()
+
+    assert probed == {"s1": 1.0, "s2": 1.0}
+    assert followers_before == {r: {} for r in followers_before}
+    assert successor is not leader and not successor.killed
+    elected_at = ha_fixtures.recorded_at(elected)
+    bound = ha_fixtures.LEASE_DURATION + ha_fixtures.RENEW_INTERVAL + MARGIN
+    assert elected_at - killed_at <= bound, (elected_at - killed_at, bound)
+    assert exported == {"s1": 1.0, "s2": 1.0}
+    assert exported_at - elected_at <= ha_fixtures.PROBE_INTERVAL + MARGIN
+    assert leaders_after == [successor]
+    assert followers_after == {r.replica_id: {} for r in remaining}
+    assert [(c["details"]["replica"], c["details"]["elector"]) for c in changes] == [
+        (leader.replica_id, elector),
+        (successor.replica_id, elector),
+    ]
+    if elector == "kubernetes":
+        assert lease is not None and lease["spec"]["holderIdentity"] == successor.replica_id
+    else:
+        assert lease is None
+    assert audit.returncode == 0, (audit.stdout, audit.stderr)

@@ -371,9 +371,9 @@ async def run_cluster(
             ),
         )
         async with cluster._stack:
-            # The first creates the schema; the others start together, as pods of a rollout.
-            await cluster.start_replica("r0")
-            await asyncio.gather(*(cluster.start_replica(f"r{i}") for i in range(1, replicas)))
+            # Together, as the pods of a new Deployment: one creates the schema, the others
+            # wait for it (the store's migration lock).
+            await asyncio.gather(*(cluster.start_replica(f"r{i}") for i in range(replicas)))
             cluster.replicas.sort(key=lambda r: r.replica_id)
             yield cluster
 

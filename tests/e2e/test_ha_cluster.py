@@ -288,6 +288,8 @@ async def test_a_run_whose_replica_is_killed_is_taken_over_once(
         ending,
     ):
         assert part in text, (part, text)
+    fields = {f["title"]: f["value"] for f in message["attachments"][0]["fields"]}
+    assert fields == {"playbook": "ha-two-mutations", "target": "store-s2", "run": run_id}
     assert takeovers[new_owner] == 1
     assert sum(v or 0 for v in takeovers.values()) == 1
     assert audit.returncode == 0, (audit.stdout, audit.stderr)

@@ -59,6 +59,7 @@ class Replica:
     daemon: daemon_fixtures.Daemon
     config: Path
     killed: bool = False
+    frozen: bool = False
 
     @property
     def url(self) -> str:
@@ -93,7 +94,8 @@ class HaCluster:
 
     @property
     def live(self) -> list[Replica]:
-        return [r for r in self.replicas if not r.killed]
+        """The replicas that answer: neither killed nor frozen."""
+        return [r for r in self.replicas if not (r.killed or r.frozen)]
 
     def replica(self, replica_id: str) -> Replica:
         (found,) = [r for r in self.replicas if r.replica_id == replica_id]
@@ -113,6 +115,25 @@ class HaCluster:
         replica = Replica(replica_id=replica_id, daemon=daemon, config=config)
         self.replicas.append(replica)
         return replica
+
+    def freeze(self, replica: Replica) -> None:
+        """SIGSTOP: the process keeps its connections but does nothing, as a node that stalls
+        (a long GC pause, a frozen VM, a partition) and is presumed dead by the others."""
+        replica.daemon.send(signal.SIGSTOP)
+        replica.frozen = True
+
+    def thaw(self, replica: Replica) -> None:
+        replica.daemon.send(signal.SIGCONT)
+        replica.frozen = False
+
+    async def wait_logged(self, replica: Replica, event: str, **fields: Any) -> dict[str, Any]:
+        """The replica's first log event ``event`` with ``fields``, once it has logged it."""
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                found = replica.logged(event, **fields)
+                if found:
+                    return found[0]
+                await asyncio.sleep(POLL)
 
     async def kill(self, replica: Replica) -> None:
         """SIGKILL: no drain, no lease release, no resignation; as a node dying."""
@@ -186,6 +207,12 @@ class HaCluster:
 
     async def sample(self, replica: Replica, name: str, **labels: str) -> float | None:
         return (await self.metrics(replica)).get((name, frozenset(labels.items())))
+
+    async def counted(self, replica: Replica, name: str, **labels: str) -> float:
+        """A sample the replica exports from its start (counters at 0): missing is an error."""
+        value = await self.sample(replica, name, **labels)
+        assert value is not None, (replica.replica_id, name, labels)
+        return value
 
     async def leaders(self) -> list[Replica]:
         """The live replicas exporting ``remediator_leader 1``."""
@@ -433,10 +460,11 @@ def require_alertmanager() -> None:
 
 @contextlib.asynccontextmanager
 async def run_alertmanagers(
-    workdir: Path, receivers: Sequence[Replica]
+    workdir: Path, receivers: Sequence[Replica], *, peered: bool = True
 ) -> AsyncIterator[list[monitoring.RunningServer]]:
     """One real Alertmanager per replica, delivering to it alone, all peered by gossip (as in an
-    HA Alertmanager deployment); yields once every one lists all the others as peers."""
+    HA Alertmanager deployment); yields once every one lists all the others as peers. Not
+    ``peered``: each on its own, as peers that cannot gossip (a partition), each notifying."""
     gossip_ports = [monitoring.pick_free_port() for _ in receivers]
     async with contextlib.AsyncExitStack() as stack:
         servers = []
@@ -446,12 +474,16 @@ async def run_alertmanagers(
                 bearer_token=daemon_fixtures.TOKEN,
                 group_by=("alertname", "store_id"),
             )
-            gossip = monitoring.Gossip(
-                port=gossip_ports[index],
-                peers=[p for i, p in enumerate(gossip_ports) if i != index],
-                # The second peer waits this long for the first one's notification to
-                # gossip before it would notify itself.
-                peer_timeout="2s",
+            gossip = (
+                monitoring.Gossip(
+                    port=gossip_ports[index],
+                    peers=[p for i, p in enumerate(gossip_ports) if i != index],
+                    # The second peer waits this long for the first one's notification to
+                    # gossip before it would notify itself.
+                    peer_timeout="2s",
+                )
+                if peered
+                else None
             )
             servers.append(
                 await stack.enter_async_context(
@@ -460,7 +492,7 @@ async def run_alertmanagers(
             )
         async with aiohttp.ClientSession() as session, asyncio.timeout(DEADLINE):
             for server in servers:
-                while True:
+                while peered:
                     if len(await _peers(session, server)) == len(servers):
                         break
                     await asyncio.sleep(0.1)

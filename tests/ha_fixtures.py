@@ -34,7 +34,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import parser
 
-from remediator.core import reporting
+from remediator.core import reporting, runs
 from remediator.simulation import access, closedloop, monitoring, platform, postgresql, serving
 from tests import daemon_fixtures
 from tests.safety_fixtures import ESCALATION_TARGET, Sink, http_sink
@@ -164,20 +164,12 @@ class HaCluster:
     async def audit(self, kind: str) -> list[dict[str, Any]]:
         return await daemon_fixtures.audit_of(self.session, self._any(), kind)
 
-    async def wait_run(self, run_id: str, *statuses: str) -> dict[str, Any]:
-        """The run's detail once its status is one of ``statuses`` (default: any final one)."""
-        wanted = set(statuses) or {
-            "succeeded",
-            "failed",
-            "unverified",
-            "rejected",
-            "cancelled",
-            "interrupted",
-        }
+    async def wait_run(self, run_id: str) -> dict[str, Any]:
+        """The run's detail once it has finished."""
         async with asyncio.timeout(DEADLINE):
             while True:
                 detail = await self.run_detail(run_id)
-                if detail["status"] in wanted:
+                if runs.RunStatus(detail["status"]).finished:
                     return detail
                 await asyncio.sleep(POLL)
 

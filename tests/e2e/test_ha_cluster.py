@@ -13,7 +13,9 @@ Leases are short (`ha_fixtures.LEASE_DURATION`), so each test takes seconds.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,27 @@ steps:
     )
 
 
+@contextlib.asynccontextmanager
+async def holding_cluster(
+    workdir: Path, server: postgresql.PostgresServer, *, replicas: int, resume: bool
+) -> AsyncIterator[tuple[ha_fixtures.Hold, ha_fixtures.HaCluster]]:
+    """The cluster on `two_mutations_playbook` for store s2, and the step it holds."""
+    async with (
+        ha_fixtures.hold_server() as hold,
+        ha_fixtures.run_cluster(
+            workdir,
+            server,
+            replicas=replicas,
+            playbooks=lambda _: {
+                "ha-two-mutations": two_mutations_playbook(hold.url, resume=resume)
+            },
+            stores=("s2",),
+            allowed_hosts=[hold.address],
+        ) as cluster,
+    ):
+        yield hold, cluster
+
+
 def alertmanager_alert(alertname: str, store_id: str) -> dict[str, Any]:
     """An alert as Prometheus POSTs it to Alertmanager's /api/v2/alerts."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -216,18 +239,9 @@ async def test_an_alert_from_two_alertmanagers_is_remediated_once(
 async def test_a_run_whose_replica_is_killed_is_taken_over_once(
     tmp_path: Path, postgres_server: postgresql.PostgresServer, resume: bool
 ) -> None:
-    async with (
-        ha_fixtures.hold_server() as hold,
-        ha_fixtures.run_cluster(
-            tmp_path,
-            postgres_server,
-            replicas=3,
-            playbooks=lambda _: {
-                "ha-two-mutations": two_mutations_playbook(hold.url, resume=resume)
-            },
-            stores=("s2",),
-            allowed_hosts=[hold.address],
-        ) as cluster,
+    async with holding_cluster(tmp_path, postgres_server, replicas=3, resume=resume) as (
+        hold,
+        cluster,
     ):
         entry = cluster.replicas[1]
         admitted = await ha_fixtures.post(
@@ -321,18 +335,9 @@ async def test_a_replica_presumed_dead_that_comes_back_is_fenced(
     """The owner stalls (SIGSTOP) mid-step past its lease, the run is taken over and ended;
     then the owner wakes up with its step's answer in hand. It must not record that step
     nor start the next one: the store says the run is someone else's now."""
-    async with (
-        ha_fixtures.hold_server() as hold,
-        ha_fixtures.run_cluster(
-            tmp_path,
-            postgres_server,
-            replicas=2,
-            playbooks=lambda _: {
-                "ha-two-mutations": two_mutations_playbook(hold.url, resume=False)
-            },
-            stores=("s2",),
-            allowed_hosts=[hold.address],
-        ) as cluster,
+    async with holding_cluster(tmp_path, postgres_server, replicas=2, resume=False) as (
+        hold,
+        cluster,
     ):
         admitted = await ha_fixtures.post(
             cluster.session,

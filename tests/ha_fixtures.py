@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import signal
-import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,12 +278,33 @@ class HaCluster:
         marker = f"/namespaces/{namespace}/"
         return [(w.method, w.path) for w in self.platform.kube_writes if marker in w.path]
 
-    def verify_audit(self) -> subprocess.CompletedProcess[str]:
-        """``remediator audit verify`` against the shared PostgreSQL database."""
+    async def verify_audit(self) -> int:
+        """``remediator audit verify`` against the shared PostgreSQL database: asserts the hash
+        chain intact; the records it checked. A process of its own, awaited without blocking
+        the loop that serves the platform to the replicas (`daemon_fixtures.cli` would)."""
         config = self.replicas[0].config
-        return daemon_fixtures.cli(
-            "audit", "--config", config, "verify", "--state", self.database_url, cwd=config.parent
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "remediator",
+            "audit",
+            "--config",
+            str(config),
+            "verify",
+            "--state",
+            self.database_url,
+            cwd=config.parent,
+            env=daemon_fixtures.environment(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
+        async with asyncio.timeout(DEADLINE * 2):
+            output, _ = await process.communicate()
+        text = output.decode(errors="replace")
+        intact = re.search(r"^audit log intact: (\d+) records$", text, re.MULTILINE)
+        assert process.returncode == 0 and intact is not None, (process.returncode, text)
+        return int(intact.group(1))
 
 
 async def post(

@@ -30,6 +30,9 @@ from tests.safety_fixtures import safety_section
 
 pytestmark = [
     pytest.mark.e2e,
+    # Each test starts two or three daemon processes (and a verifying CLI): on a loaded 2-core
+    # machine their start-up alone can take 15 s; a stuck wait still fails at its DEADLINE.
+    pytest.mark.timeout(120),
     pytest.mark.skipif(not postgresql.available(), reason="PostgreSQL is not installed"),
 ]
 
@@ -203,7 +206,7 @@ async def test_an_alert_from_two_alertmanagers_is_remediated_once(
         duplicates = await cluster.audit("alert_duplicate")
         verified = [a for a in detail["audit"] if a["kind"] == "verification_finished"]
         writes = cluster.kube_writes("store-s1")
-        audit = cluster.verify_audit()
+        checked = await cluster.verify_audit()
 
     # Each Alertmanager notifies its own replica, none the third.
     assert sent[0] + sent[1] == heard[0] + heard[1] and heard[2] == 0, (sent, heard)
@@ -228,7 +231,7 @@ async def test_an_alert_from_two_alertmanagers_is_remediated_once(
     # One set of writes reached the API: the one restart, by whichever replica ran it.
     assert writes == [("PATCH", "/apis/apps/v1/namespaces/store-s1/deployments/s1-app")]
     assert sim.healthy("s1"), sim.problems("s1")
-    assert audit.returncode == 0, (audit.stdout, audit.stderr)
+    assert checked >= max(a["seq"] for a in detail["audit"])  # the chain holds the run
     assert cluster.escalations.bodies == []
 
 
@@ -273,7 +276,7 @@ async def test_a_run_whose_replica_is_killed_is_taken_over_once(
             )
             for r in cluster.live
         }
-        audit = cluster.verify_audit()
+        checked = await cluster.verify_audit()
 
     new_owner = taken["details"]["by"]
     assert new_owner != owner.replica_id and new_owner in {r.replica_id for r in cluster.live}
@@ -326,7 +329,7 @@ async def test_a_run_whose_replica_is_killed_is_taken_over_once(
     assert fields == {"playbook": "ha-two-mutations", "target": "store-s2", "run": run_id}
     assert takeovers[new_owner] == 1
     assert sum(takeovers.values()) == 1
-    assert audit.returncode == 0, (audit.stdout, audit.stderr)
+    assert checked >= max(a["seq"] for a in detail["audit"])  # the chain holds the run
 
 
 async def test_a_replica_presumed_dead_that_comes_back_is_fenced(
@@ -361,7 +364,7 @@ async def test_a_replica_presumed_dead_that_comes_back_is_fenced(
         after = await cluster.run_detail(run_id)
         writes = cluster.kube_writes("store-s2")
         messages = list(cluster.escalations.bodies)
-        audit = cluster.verify_audit()
+        checked = await cluster.verify_audit()
 
     assert taken["details"]["from"] == owner.replica_id
     assert taken["details"]["by"] == survivor.replica_id
@@ -375,7 +378,7 @@ async def test_a_replica_presumed_dead_that_comes_back_is_fenced(
     assert "owned by replica" in str(lost.get("reason")), lost
     assert owner.logged("run_abandoned_store_failed", run_id=run_id) == []
     assert len(messages) == 1 and run_id in messages[0]["text"]
-    assert audit.returncode == 0, (audit.stdout, audit.stderr)
+    assert checked >= max(a["seq"] for a in after["audit"])  # the chain holds the run
 
 
 # --- 3. the leader dies ------------------------------------------------------------------------
@@ -423,7 +426,7 @@ async def test_a_follower_leads_and_probes_once_the_leader_is_killed(
         lease = cluster.platform.emulator.get(
             "coordination.k8s.io/v1", "Lease", "remediator-leader", "remediator"
         )
-        audit = cluster.verify_audit()
+        checked = await cluster.verify_audit()
 
     assert probed == {"s1": 1.0, "s2": 1.0}
     assert followers_before == {r: {} for r in followers_before}
@@ -449,4 +452,4 @@ async def test_a_follower_leads_and_probes_once_the_leader_is_killed(
         assert lease["spec"]["leaseTransitions"] == 1
     else:
         assert lease is None
-    assert audit.returncode == 0, (audit.stdout, audit.stderr)
+    assert checked >= max(c["seq"] for c in changes)

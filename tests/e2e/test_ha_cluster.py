@@ -2,13 +2,18 @@
 PostgreSQL database, in front of the simulated platform (the Kubernetes API emulator over HTTP,
 real store endpoints), with real Alertmanagers where alerts come from (`tests.ha_fixtures`).
 
-- Two Alertmanagers, peered by gossip, each deliver to a different replica: one alert, posted
-  to both, is remediated once across the cluster, with one set of Kubernetes writes.
+- Two Alertmanagers, peered by gossip (or partitioned), each deliver to a different replica:
+  one alert, posted to both, is remediated once across the cluster, with one set of
+  Kubernetes writes, and verified.
 - The replica running a run is SIGKILLed between two mutating steps: another replica takes the
-  run over after the lease, repeats nothing, and escalates once.
-- The leader is SIGKILLed: a follower leads within one lease and exports ``store_up`` again.
+  run over after the lease, repeats nothing, and escalates once (resuming the run, or ending it
+  ``interrupted``, as the playbook says).
+- The owner only stalls (SIGSTOP) past its lease and then wakes up: it is fenced off the run.
+- The leader is SIGKILLed: a follower leads within one lease (Kubernetes Lease or PostgreSQL
+  advisory lock) and exports ``store_up`` again within a probe interval.
 
-Leases are short (`ha_fixtures.LEASE_DURATION`), so each test takes seconds.
+Leases are short (`ha_fixtures.LEASE_DURATION`): the waits are seconds; the daemons' start-up
+is most of each test's time.
 """
 
 from __future__ import annotations

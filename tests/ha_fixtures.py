@@ -412,10 +412,10 @@ async def run_cluster(
             ),
         )
         async with cluster._stack:
-            # Together, as the pods of a new Deployment: one creates the schema, the others
-            # wait for it (the store's migration lock).
-            await asyncio.gather(*(cluster.start_replica(f"r{i}") for i in range(replicas)))
-            cluster.replicas.sort(key=lambda r: r.replica_id)
+            # One after the other: started together on a loaded 2-core machine, three
+            # interpreters importing at once can each miss daemon_fixtures.STARTUP_BUDGET.
+            for index in range(replicas):
+                await cluster.start_replica(f"r{index}")
             yield cluster
 
 

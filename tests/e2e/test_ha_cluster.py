@@ -359,6 +359,9 @@ async def test_a_replica_presumed_dead_that_comes_back_is_fenced(
         cluster.freeze(owner)
         try:
             taken = await cluster.wait_audit("run_taken_over", lambda r: r["run_id"] == run_id)
+            # The survivor is done with the run once it has ended it and sent the escalation
+            # (audited on its own, after the message went out).
+            await cluster.wait_audit("escalation_sent", lambda r: r["run_id"] == run_id)
             ended = await cluster.wait_run(run_id)
             # The held step answers while its caller sleeps: the answer waits in its socket.
             hold.released.set()

@@ -186,7 +186,8 @@ class Escalator:
             context = ActionContext(
                 resources=self._resources,
                 dry_run=False,
-                run_id="-",
+                # The run it is about, if any: the message's "run" field names it for on-call.
+                run_id=run_id or "-",
                 playbook=playbook,
                 target=target or "-",
                 deadline=asyncio.get_running_loop().time() + 30,

@@ -100,6 +100,23 @@ class AlertmanagerSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Gossip:
+    """Alertmanager's HA cluster on loopback: this instance's gossip port and its peers'.
+
+    Peers share silences and the notification log, so an alert posted to each of them is
+    normally notified once. The ports are chosen before any peer starts, since each names the
+    others on its command line."""
+
+    port: int
+    """Where this instance gossips (``--cluster.listen-address`` on 127.0.0.1)."""
+    peers: Sequence[int]
+    """The other instances' gossip ports."""
+    peer_timeout: str = "15s"
+    """How long a peer waits per position in the cluster before notifying itself (the first
+    one notifies at once, the others only if the log does not show it sent)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunningServer:
     """A started, ready binary; valid inside its ``async with`` block."""
 
@@ -226,8 +243,10 @@ async def run_alertmanager(
     ready_timeout: float = DEFAULT_READY_TIMEOUT,
     stop_grace: float = DEFAULT_STOP_GRACE,
     pick_port: Callable[[], int] | None = None,
+    gossip: Gossip | None = None,
 ) -> AsyncIterator[RunningServer]:
-    """Run Alertmanager for `spec` with its config, data and log in `workdir`."""
+    """Run Alertmanager for `spec` with its config, data and log in `workdir`; alone, or in a
+    cluster with its ``gossip`` peers."""
     workdir = _prepare_workdir(workdir)
     config_file = write_alertmanager_config(spec, workdir=workdir)
     storage = workdir / "alertmanager-data"
@@ -239,8 +258,7 @@ async def run_alertmanager(
             f"--web.listen-address={address}",
             # Makes the webhook's externalURL point at this instance rather than the hostname.
             f"--web.external-url=http://{address}",
-            # Empty turns the HA gossip off, which would otherwise bind 0.0.0.0:9094.
-            "--cluster.listen-address=",
+            *_cluster_arguments(gossip),
         ]
 
     async with _run_server(
@@ -254,6 +272,20 @@ async def run_alertmanager(
     ) as server:
         log.info("alertmanager_started", url=server.url, pid=server.process.pid)
         yield server
+
+
+def _cluster_arguments(gossip: Gossip | None) -> list[str]:
+    if gossip is None:
+        # Empty turns the HA gossip off, which would otherwise bind 0.0.0.0:9094.
+        return ["--cluster.listen-address="]
+    address = f"127.0.0.1:{gossip.port}"
+    return [
+        f"--cluster.listen-address={address}",
+        # Needed on loopback: there is no private address for Alertmanager to advertise.
+        f"--cluster.advertise-address={address}",
+        f"--cluster.peer-timeout={gossip.peer_timeout}",
+        *(f"--cluster.peer=127.0.0.1:{peer}" for peer in gossip.peers),
+    ]
 
 
 def _scrape_configs(targets: Sequence[ScrapeTarget]) -> list[dict[str, Any]]:

@@ -1349,21 +1349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
         profile=args.profile.resolve() if args.profile else None,
     )
-    try:
-        report = asyncio.run(_main(options, keep=args.keep))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("compare interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except intake.BenchError as e:
-        print(f"compare failed: {e}", file=sys.stderr)
-        return 1
-    except TimeoutError:
-        print(f"compare failed: over the {options.timeout} s deadline", file=sys.stderr)
-        return 1
-    print_report(report)
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0 if report["complete"] else 1
+    return intake.run_to_exit_status(
+        "compare",
+        lambda: asyncio.run(_main(options, keep=args.keep)),
+        timeout=options.timeout,
+        show=print_report,
+        json_path=args.json,
+    )
 
 
 if __name__ == "__main__":

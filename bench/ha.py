@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -298,22 +297,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
+
+    def run() -> dict[str, Any]:
         with intake.work_directory(args.keep) as workdir, running_database(workdir) as database:
-            report = asyncio.run(_main(options, workdir, database, shapes=args.shapes))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("ha bench interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except (intake.BenchError, postgresql.PostgresError) as e:
-        print(f"ha bench failed: {e}", file=sys.stderr)
-        return 1
-    except TimeoutError:
-        print(f"ha bench failed: over the {options.timeout} s deadline", file=sys.stderr)
-        return 1
-    print_report(report)
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0 if report["complete"] else 1
+            return asyncio.run(_main(options, workdir, database, shapes=args.shapes))
+
+    return intake.run_to_exit_status(
+        "ha bench",
+        run,
+        timeout=options.timeout,
+        show=print_report,
+        json_path=args.json,
+        errors=(intake.BenchError, postgresql.PostgresError),
+    )
 
 
 if __name__ == "__main__":

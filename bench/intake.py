@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -824,20 +824,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
         seed=args.seed,
     )
+    return run_to_exit_status(
+        "bench",
+        lambda: asyncio.run(_main(options, keep=args.keep)),
+        timeout=options.timeout,
+        show=print_report,
+        json_path=args.json,
+    )
+
+
+def run_to_exit_status(
+    name: str,
+    run: Callable[[], dict[str, Any]],
+    *,
+    timeout: float,
+    show: Callable[[dict[str, Any]], None],
+    json_path: Path | None,
+    errors: tuple[type[Exception], ...] = (BenchError,),
+) -> int:
+    """A bench's command line around ``run``: 130 when interrupted, 1 when it failed or its
+    report is incomplete, else 0; the report printed (and written to ``json_path``)."""
     try:
-        report = asyncio.run(_main(options, keep=args.keep))
+        report = run()
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("bench interrupted; servers stopped", file=sys.stderr)
+        print(f"{name} interrupted; servers stopped", file=sys.stderr)
         return 130
-    except BenchError as e:
-        print(f"bench failed: {e}", file=sys.stderr)
+    except errors as e:
+        print(f"{name} failed: {e}", file=sys.stderr)
         return 1
     except TimeoutError:
-        print(f"bench failed: over the {options.timeout} s deadline", file=sys.stderr)
+        print(f"{name} failed: over the {timeout} s deadline", file=sys.stderr)
         return 1
-    print_report(report)
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    show(report)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0 if report["complete"] else 1
 
 

@@ -298,7 +298,7 @@ class SqlStateStore(abc.ABC):
         return await self._transact("approval_of", lambda c: tx.approval_of(c, run_id), write=False)
 
     async def queued_runs(self) -> list[runs.RunRecord]:
-        """Oldest first: the order the daemon re-enqueues them in after a restart."""
+        """Queued runs, oldest first."""
         return await self._transact("queued_runs", tx.queued_runs, write=False)
 
     async def get_run(self, run_id: str) -> RunDetail | None:

@@ -222,6 +222,29 @@ async def test_stores_appear_and_disappear_while_watching(
         assert sample(registry, "stores", phase="running") == 1
 
 
+async def test_a_monitor_that_stops_leading_forgets_every_store_and_its_series(
+    kube: kubernetes.KubeClient,
+    emulator: kubeapi.KubeEmulator,
+    registry: CollectorRegistry,
+    http: aiohttp.ClientSession,
+    clock: Clock,
+) -> None:
+    emulator.seed([*ready_store("a"), *ready_store("b")])
+
+    async with running_monitor(
+        kube, registry, http, settings=store_settings(), clock=clock
+    ) as monitor:
+        await until(monitor, lambda: sample(registry, "stores", phase="running") == 2)
+
+    # Leadership moved: the task was cancelled (above) and the new leader exports the stores.
+    monitor.forget_stores()
+
+    assert len(monitor.directory) == 0
+    assert not monitor.directory.live.is_set()
+    assert 'namespace="store-a"' not in exposition(registry)
+    assert sample(registry, "stores", phase="running") == 0
+
+
 async def test_id_label_and_selector_are_configurable(
     kube: kubernetes.KubeClient,
     emulator: kubeapi.KubeEmulator,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -516,8 +517,14 @@ def pinned(command: Sequence[str], cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *command]
 
 
+@functools.cache
 def pinning_cpus() -> tuple[int | None, int | None]:
-    """(server CPU, client CPU), or (None, None) when there are not two to tell apart."""
+    """(server CPU, client CPU), or (None, None) when there are not two to tell apart.
+
+    Decided once, from the affinity the bench started with: after it pins itself to the
+    client CPU its own affinity no longer shows the server's, and asking again would start
+    every server unpinned, on the client's CPU (which the figures before this fix suffered).
+    """
     try:
         available = os.sched_getaffinity(0)
     except AttributeError:
@@ -872,7 +879,7 @@ async def profiled(
     async with contextlib.AsyncExitStack() as stack:
         for pid in pids:
             output = f"{out}-{pid}.speedscope.json"
-            record = ["--rate", "200", "--format", "speedscope", "--output", output]
+            record = ["--rate", "200", "--format", "speedscope", "--output", output, "--idle"]
             command = pinned([py_spy, "record", "--pid", str(pid), *record, "--nonblocking"], cpu)
             log = out.with_name(f"{out.name}-{pid}.py-spy.log")
             process = await stack.enter_async_context(
@@ -922,7 +929,12 @@ SHAPE_TITLES = {
 
 def process_figures(pids: Sequence[int], cpu_before: Sequence[float | None]) -> dict[str, Any]:
     cpu = [intake.cpu_delta(pid, before) for pid, before in zip(pids, cpu_before, strict=True)]
+    affinity: set[int] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            affinity |= os.sched_getaffinity(pid)
     return {
+        "server_cpus": sorted(affinity),
         "server_cpu_s": _round(sum(c for c in cpu if c is not None)) if any(cpu) else None,
         "peak_rss_mib": max((peak_rss_mib(pid) or 0.0) for pid in pids) or None,
     }

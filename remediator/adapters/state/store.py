@@ -1,9 +1,10 @@
 """:class:`SqlStateStore`: the :class:`~.contract.StateStore` API on the shared transactions.
 
-A backend supplies the transaction itself (:meth:`SqlStateStore._in_transaction`, blocking, run
-on a worker thread) and where it runs (:meth:`SqlStateStore._call`); everything a method means is
-here and in :mod:`.transactions`, once for both. Blocking database I/O never runs on the event
-loop.
+A backend supplies the transaction itself (:meth:`SqlStateStore._in_transaction`, blocking)
+and where it runs (:meth:`SqlStateStore._call`: PostgreSQL's on worker threads, because each
+statement is a network round trip; SQLite's on the loop, see :mod:`.sqlite`); everything a
+method means is here and in :mod:`.transactions`, once for both. Nothing that waits on a disk
+or a network runs on the event loop.
 
 Each public method is one transaction as far as its caller can tell. Writes that arrive while
 another write is committing wait for it and then commit together (group commit): each runs in
@@ -33,8 +34,6 @@ from remediator.core import auditing, runs, safety
 T = TypeVar("T")
 
 VERIFY_BATCH = 1000
-MAX_GROUP = 32
-"""Writes committed in one transaction at most: bounds how long the writer lock is held."""
 
 Committed = tuple[Any, list[runs.AuditRecord]]
 
@@ -50,6 +49,12 @@ class SqlStateStore(abc.ABC):
     """What both backends share; see :mod:`.sqlite` and :mod:`.postgres`."""
 
     readonly: bool = False
+    max_group: int = 32
+    """Writes committed in one transaction at most: bounds how long the writer lock is held."""
+    group_admissions: bool = False
+    """Whether admissions share a group too. Not where a transaction holds a lock across round
+    trips: the admitter already sends a batch of webhooks as one call, and more in the same
+    transaction would keep the other replicas waiting too long."""
 
     def __init__(
         self,
@@ -117,12 +122,10 @@ class SqlStateStore(abc.ABC):
         """Dedupe, then create each candidate run its safety policy allows (one transaction);
         ``owner``, the admitting replica, is to execute the runs."""
         batch = tuple(admissions)
-        # Not grouped with other writes: the admitter already sends a whole batch of
-        # webhooks as one call, and a bigger transaction would hold the writer lock too long.
         return await self._transact(
             "admit",
             lambda c: tx.admit(c, batch, now=now, known_targets=known_targets, owner=owner),
-            group=False,
+            group=self.group_admissions,
         )
 
     # Runs
@@ -467,8 +470,8 @@ class SqlStateStore(abc.ABC):
 
     async def _commit_pending(self) -> None:
         while self._pending_writes:
-            group = self._pending_writes[:MAX_GROUP]
-            del self._pending_writes[:MAX_GROUP]
+            group = self._pending_writes[: self.max_group]
+            del self._pending_writes[: self.max_group]
             try:
                 if len(group) == 1:
                     (only,) = group
@@ -505,6 +508,7 @@ class SqlStateStore(abc.ABC):
         outcomes: list[Committed | BaseException] = []
         for pending in group:
             mark = len(conn.appended)
+            memo = dict(conn.memo)
             conn.execute("SAVEPOINT one_write")
             try:
                 result = pending.job(conn)
@@ -512,6 +516,7 @@ class SqlStateStore(abc.ABC):
                 conn.execute("ROLLBACK TO SAVEPOINT one_write")
                 conn.execute("RELEASE SAVEPOINT one_write")
                 del conn.appended[mark:]
+                conn.memo = memo
                 if isinstance(e, self._driver_error):
                     e = StateError(f"{pending.operation} failed on {self.name}: {e}")
                 outcomes.append(e)

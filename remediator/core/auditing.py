@@ -17,30 +17,51 @@ from remediator.core.runs import AuditEvent, AuditRecord
 GENESIS_HASH = "0" * 64
 
 
-def canonical_content(seq: int, time: float, event: AuditEvent) -> str:
-    """The exact bytes that are hashed: sorted keys, no whitespace, so any reader can re-hash."""
-    content: dict[str, Any] = {
-        "seq": seq,
-        "time": round(time, 6),
-        "kind": str(event.kind),
-        "run_id": event.run_id,
-        "fingerprint": event.fingerprint,
-        "alertname": event.alertname,
-        "playbook": event.playbook,
-        "target": event.target,
-        "outcome": event.outcome,
-        "reason": event.reason,
-        "details": event.details,
-    }
-    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""Sorted keys, no whitespace: one encoder, built once (``json.dumps`` builds one per call)."""
+
+
+def canonical_details(details: Any) -> str:
+    """Plain JSON values (dicts, lists, str, numbers, bools, None) in canonical form."""
+    return _CANONICAL.encode(details)
+
+
+def canonical_content(
+    seq: int, time: float, event: AuditEvent, *, details_json: str | None = None
+) -> str:
+    """The exact bytes that are hashed: sorted keys, no whitespace, so any reader can re-hash.
+
+    ``details_json``, when the caller has it, is ``canonical_details(event.details)``: it is
+    spliced in rather than encoded a second time.
+    """
+    if details_json is None:
+        details_json = canonical_details(event.details)
+    # The keys in sorted order are alertname, details, then all the others.
+    first = _CANONICAL.encode({"alertname": event.alertname})
+    rest = _CANONICAL.encode(
+        {
+            "seq": seq,
+            "time": round(time, 6),
+            "kind": str(event.kind),
+            "run_id": event.run_id,
+            "fingerprint": event.fingerprint,
+            "playbook": event.playbook,
+            "target": event.target,
+            "outcome": event.outcome,
+            "reason": event.reason,
+        }
+    )
+    return f'{first[:-1]},"details":{details_json},{rest[1:]}'
 
 
 def chain_hash(prev_hash: str, content: str) -> str:
     return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()
 
 
-def seal(seq: int, time: float, event: AuditEvent, prev_hash: str) -> AuditRecord:
-    digest = chain_hash(prev_hash, canonical_content(seq, time, event))
+def seal(
+    seq: int, time: float, event: AuditEvent, prev_hash: str, *, details_json: str | None = None
+) -> AuditRecord:
+    digest = chain_hash(prev_hash, canonical_content(seq, time, event, details_json=details_json))
     return AuditRecord(seq=seq, time=time, event=event, prev_hash=prev_hash, hash=digest)
 
 

@@ -200,10 +200,14 @@ def _cooldown(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) -> Decisi
     return ALLOWED
 
 
+FAILURES = ("failed", "unverified")
+"""The run outcomes a breaker counts as failures."""
+
+
 def breaker_trips(policy: BreakerPolicy, recent_outcomes: list[str]) -> bool:
     """True when the newest ``failures`` outcomes (newest first) are all failures."""
     window = recent_outcomes[: policy.failures]
-    return len(window) == policy.failures and all(o in ("failed", "unverified") for o in window)
+    return len(window) == policy.failures and all(o in FAILURES for o in window)
 
 
 def needs_approval(policy: SafetyPolicy, *, mutating: bool, destructive: bool) -> bool:

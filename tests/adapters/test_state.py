@@ -707,3 +707,58 @@ async def test_closed_store_refuses_calls(backend: state_fixtures.Backend) -> No
     with pytest.raises(state.StateError, match="not open"):
         await store.verify_audit()
     await store.close()  # idempotent
+
+
+async def test_a_write_rolled_back_in_a_group_leaves_no_trace_for_the_next(
+    store: state.SqlStateStore,
+) -> None:
+    """Writes that commit together share what their transaction knows (the chain's head, the
+    kill switch); one rolled back must take its part of that with it."""
+    from remediator.adapters.state import safeguards
+    from remediator.adapters.state import transactions as tx
+
+    def pause_append_then_fail(conn: Any) -> None:
+        safeguards.set_paused(conn, {"by": "someone", "reason": "rolled back"})
+        tx.append(conn, [event()], 1000.0)
+        raise RuntimeError("this write fails after it wrote")
+
+    def read_pause_and_append(conn: Any) -> bool:
+        tx.append(conn, [event()], 1001.0)
+        return safeguards.paused(conn) is not None
+
+    failed, read = await asyncio.gather(
+        store._write("fails", pause_append_then_fail),
+        store._write("reads", read_pause_and_append),
+        return_exceptions=True,
+    )
+    assert isinstance(failed, RuntimeError)
+    assert not isinstance(read, BaseException)
+    seen_paused, appended = read
+    assert seen_paused is False
+    assert [r.seq for r in appended] == [1]  # the failed write's seq 1 was not kept
+    assert not await store.is_paused()
+    chain = await store.verify_audit()
+    assert chain.intact and chain.checked == 1
+
+
+async def test_audit_details_of_any_shape_read_back_as_hashed(store: state.SqlStateStore) -> None:
+    """Plain details take the fast path; views and tuples are stored as what JSON reads back.
+    Either way the returned record is the stored one, and the chain verifies."""
+    import types
+
+    appended = await store.append_audit(
+        [
+            event(details={"plain": [1, 2.5, "x", None, True], "nested": {"k": "v"}}),
+            event(details=types.MappingProxyType({"view": (1, 2), "inner": {"t": ("a",)}})),
+            event(details={}),
+        ],
+        now=1000.0,
+    )
+    stored = await all_audit(store)
+    assert [r.event.details for r in stored] == [
+        {"plain": [1, 2.5, "x", None, True], "nested": {"k": "v"}},
+        {"view": [1, 2], "inner": {"t": ["a"]}},
+        {},
+    ]
+    assert appended == stored
+    assert (await store.verify_audit()).intact

@@ -4,8 +4,11 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from remediator.core import auditing
 from remediator.core.runs import AuditEvent, AuditKind, AuditRecord
@@ -256,3 +259,56 @@ def test_non_ascii_details_are_hashed_as_written() -> None:
 
     assert "störung — 障害" in auditing.canonical_content(1, START, event)
     assert auditing.verify_chain([auditing.seal(1, START, event, auditing.GENESIS_HASH)]).intact
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+_maybe_text = st.none() | st.text(max_size=12)
+
+
+@given(
+    seq=st.integers(min_value=1, max_value=2**53),
+    time=st.floats(min_value=0, max_value=4e9),
+    kind=st.sampled_from(list(AuditKind)),
+    fields=st.fixed_dictionaries(
+        {
+            name: _maybe_text
+            for name in (
+                "run_id",
+                "fingerprint",
+                "alertname",
+                "playbook",
+                "target",
+                "outcome",
+                "reason",
+            )
+        }
+    ),
+    details=st.dictionaries(st.text(), _json_values, max_size=5),
+)
+def test_spliced_content_is_the_whole_record_encoded_at_once(
+    seq: int, time: float, kind: AuditKind, fields: dict[str, str | None], details: dict[str, Any]
+) -> None:
+    """The fast path (details encoded once and spliced in) hashes exactly the bytes the
+    documented form gives: every key of the record, sorted, in one compact JSON object."""
+    event = AuditEvent(kind=kind, details=details, **fields)
+    whole = json.dumps(
+        {
+            "seq": seq,
+            "time": round(time, 6),
+            "kind": str(kind),
+            **fields,
+            "details": details,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert auditing.canonical_content(seq, time, event) == whole
+    spliced = auditing.canonical_content(
+        seq, time, event, details_json=auditing.canonical_details(details)
+    )
+    assert spliced == whole

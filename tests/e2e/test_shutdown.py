@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -135,8 +136,10 @@ async def test_step_within_grace_finishes_and_the_daemon_stops_accepting(tmp_pat
         stored(tmp_path, "SELECT * FROM alerts WHERE fingerprint = ?", fingerprint_of(firing(1)))
         == []
     )
-    (last,) = stored(tmp_path, "SELECT kind, details FROM audit ORDER BY seq DESC LIMIT 1")
-    assert last == ("daemon_stopped", '{"queued_for_next_start": 0}')
+    ((kind, details),) = stored(
+        tmp_path, "SELECT kind, details FROM audit ORDER BY seq DESC LIMIT 1"
+    )
+    assert (kind, json.loads(details)) == ("daemon_stopped", {"queued_for_next_start": 0})
 
 
 async def test_step_past_grace_is_interrupted_and_queued_runs_wait_for_the_next_start(
@@ -164,8 +167,10 @@ async def test_step_past_grace_is_interrupted_and_queued_runs_wait_for_the_next_
             fingerprint_of(alerts[0]),
         )
         assert finished == [("interrupted", "interrupted by shutdown")]
-        (last,) = stored(tmp_path, "SELECT kind, details FROM audit ORDER BY seq DESC LIMIT 1")
-        assert last == ("daemon_stopped", '{"queued_for_next_start": 2}')
+        ((kind, details),) = stored(
+            tmp_path, "SELECT kind, details FROM audit ORDER BY seq DESC LIMIT 1"
+        )
+        assert (kind, json.loads(details)) == ("daemon_stopped", {"queued_for_next_start": 2})
 
         service.release.set()
         async with (
@@ -188,4 +193,4 @@ async def test_step_past_grace_is_interrupted_and_queued_runs_wait_for_the_next_
         tmp_path,
         "SELECT details FROM audit WHERE kind = 'daemon_started' ORDER BY seq DESC LIMIT 1",
     )
-    assert '"recovered_queued": 2' in started[0]
+    assert json.loads(started[0])["recovered_queued"] == 2

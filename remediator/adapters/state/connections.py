@@ -26,5 +26,9 @@ class Cursor(Protocol):
 class Connection(Protocol):
     appended: list[runs.AuditRecord]
     """Audit records this transaction appended, for the post-commit hook."""
+    memo: dict[str, Any]
+    """Facts this transaction already read or wrote (the chain's head, the kill switch), so a
+    group of writes in one transaction asks the database once. Emptied when a transaction
+    begins; :meth:`SqlStateStore._each` restores it when it rolls a write back."""
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...

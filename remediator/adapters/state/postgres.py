@@ -333,6 +333,7 @@ class _Connection:
     def __init__(self, pg: psycopg.Connection[Any]) -> None:
         self._pg = pg
         self.appended: list[runs.AuditRecord] = []
+        self.memo: dict[str, Any] = {}
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
         if not parameters:

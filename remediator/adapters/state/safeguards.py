@@ -16,6 +16,8 @@ from remediator.core.runs import AuditEvent, AuditKind, Breaker, NewRun, StormKe
 
 PAUSED_KEY = "safety.paused"
 """Namespaced, so a general setting called ``paused`` cannot collide with the kill switch."""
+BREAKERS_EXPIRED_AT = "breakers_expired_at"
+"""``conn.memo`` key: the ``now`` up to which this transaction already expired breakers."""
 SIGHTING_RETENTION = 86400.0
 """Seconds of sightings kept; longer than any sensible storm window."""
 COUNTED_STATUSES = (
@@ -34,11 +36,17 @@ JUDGED_STATUSES = ("succeeded", "failed", "unverified")
 
 
 def paused(conn: Connection) -> dict[str, object] | None:
+    if PAUSED_KEY in conn.memo:
+        known: dict[str, object] | None = conn.memo[PAUSED_KEY]
+        return None if known is None else dict(known)
     row = conn.execute("SELECT value FROM settings WHERE key = ?", (PAUSED_KEY,)).fetchone()
-    return None if row is None else dict(json.loads(row[0]))
+    state = None if row is None else dict(json.loads(row[0]))
+    conn.memo[PAUSED_KEY] = state
+    return None if state is None else dict(state)
 
 
 def set_paused(conn: Connection, state: dict[str, object] | None) -> None:
+    conn.memo[PAUSED_KEY] = None if state is None else dict(state)
     if state is None:
         conn.execute("DELETE FROM settings WHERE key = ?", (PAUSED_KEY,))
     else:
@@ -148,6 +156,10 @@ def last_finished_on_target(conn: Connection, target: str) -> float | None:
 
 def expire_breakers(conn: Connection, *, now: float) -> list[AuditEvent]:
     """Close breakers whose time is up; the events say so."""
+    # Once per transaction and time: a breaker opened since closes after ``now``.
+    if conn.memo.get(BREAKERS_EXPIRED_AT, float("-inf")) >= now:
+        return []
+    conn.memo[BREAKERS_EXPIRED_AT] = now
     rows = conn.execute(
         "SELECT id, playbook, target, opened_at, closes_at FROM breakers"
         " WHERE closed_at IS NULL AND closes_at <= ?",
@@ -242,11 +254,6 @@ def trip_breakers(
                 Breaker(playbook=playbook, target=key or None, opened_at=now, closes_at=closes_at)
             )
     return opened
-
-
-def was_taken_over(conn: Connection, run_id: str) -> bool:
-    row = conn.execute("SELECT taken_over FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    return bool(row and row[0])
 
 
 def close_breakers(

@@ -38,6 +38,8 @@ RUNS_JOINED = (
     "runs r JOIN alerts a ON a.fingerprint = r.fingerprint"
     " AND a.starts_at = r.alert_starts_at AND a.status = r.alert_status"
 )
+AUDIT_HEAD = "audit_head"
+"""``conn.memo`` key: (seq, hash) of the chain's last record, once this transaction knows it."""
 AUDIT_COLUMNS = (
     "seq, time, kind, run_id, fingerprint, alertname, playbook, target, outcome, reason,"
     " details, prev_hash, hash"
@@ -290,7 +292,7 @@ def finish_run(
     breaker: safety.BreakerPolicy | None,
     owner: str | None,
 ) -> list[runs.Breaker]:
-    check_owner(conn, run_id, owner)
+    taken_over = check_owner(conn, run_id, owner)
     transition(
         conn,
         run_id,
@@ -302,7 +304,10 @@ def finish_run(
     append(conn, events, now)
     if breaker is None:
         return []
-    if status not in safeguards.JUDGED_STATUSES and not safeguards.was_taken_over(conn, run_id):
+    # A breaker opens on the newest outcomes all being failures, and this one is the newest:
+    # a success (or an outcome a breaker does not judge) can open none, unless the run was
+    # taken over, which counts as a failure whatever came after.
+    if status not in safety.FAILURES and not taken_over:
         return []
     # Close expired breakers first, or one past its time would still block a new trip.
     append(conn, safeguards.expire_breakers(conn, now=now), now)
@@ -363,13 +368,15 @@ def insert_step(conn: Connection, step: runs.StepRecord) -> None:
     )
 
 
-def check_owner(conn: Connection, run_id: str, owner: str | None) -> None:
-    """Only the run's owner writes its steps and outcome; a replica that lost it must stop."""
-    if owner is None:
-        return
-    row = conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    if row is not None and row[0] is not None and row[0] != owner:
+def check_owner(conn: Connection, run_id: str, owner: str | None) -> bool:
+    """Only the run's owner writes its steps and outcome; a replica that lost it must stop.
+    Returns whether the run was taken over (False for an unknown run)."""
+    row = conn.execute("SELECT owner, taken_over FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        return False
+    if owner is not None and row[0] is not None and row[0] != owner:
         raise RunLostError(f"run {run_id!r} is now owned by replica {row[0]!r}")
+    return bool(row[1])
 
 
 def begin_step(
@@ -700,6 +707,7 @@ def get_setting(conn: Connection, key: str) -> str | None:
 
 
 def put_setting(conn: Connection, key: str, value: str | None) -> None:
+    conn.memo.pop(key, None)  # what a transaction remembers of a setting is under its key
     if value is None:
         conn.execute("DELETE FROM settings WHERE key = ?", (key,))
     else:
@@ -845,16 +853,24 @@ def append(
         return []
     # Stored as REAL and read back as float: an int ``now`` would hash as "1000", not "1000.0".
     now = float(now)
-    head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    head = conn.memo.get(AUDIT_HEAD)
+    if head is None:
+        head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev_hash = (head[0], head[1]) if head else (0, auditing.GENESIS_HASH)
     records = []
     for event in events:
         seq += 1
-        details = dumps(event.details)
-        # Hash the details as they will be read back (plain dicts and lists), so the returned
-        # record equals the stored one and re-hashing on verification gives the same digest.
-        plain = dataclasses.replace(event, details=json.loads(details))
-        record = auditing.seal(seq, now, plain, prev_hash)
+        if is_plain(event.details):
+            plain = event
+        else:
+            # Hashed as they will be read back (plain dicts and lists), so the returned record
+            # equals the stored one and re-hashing on verification gives the same digest.
+            plain = dataclasses.replace(event, details=json.loads(dumps(event.details)))
+        try:
+            details = auditing.canonical_details(plain.details)
+        except ValueError as e:
+            raise UnstorableError(f"cannot store as JSON: {e}") from e
+        record = auditing.seal(seq, now, plain, prev_hash, details_json=details)
         conn.execute(
             f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 13)})",  # noqa: S608
             (
@@ -875,6 +891,7 @@ def append(
         )
         prev_hash = record.hash
         records.append(record)
+    conn.memo[AUDIT_HEAD] = (seq, prev_hash)
     conn.appended.extend(records)
     return records
 
@@ -894,6 +911,18 @@ def dumps(value: object) -> str:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, default=jsonable)
     except (TypeError, ValueError) as e:
         raise UnstorableError(f"cannot store as JSON: {e}") from e
+
+
+def is_plain(value: object) -> bool:
+    """Only what JSON reads back as itself: dicts with str keys, lists, str, numbers, None."""
+    if type(value) is dict:
+        return all(type(k) is str and is_plain(v) for k, v in value.items())
+    if type(value) is list:
+        return all(is_plain(v) for v in value)
+    return type(value) in _PLAIN_SCALARS
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
 def jsonable(value: object) -> object:

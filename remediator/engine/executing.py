@@ -373,7 +373,8 @@ class Executor:
             )
             if record:
                 await self._record_step(run_state, phase, step, result, rendered, started, duration)
-            log.info(
+            # A recorded step is logged once already, as its audit record (at info).
+            (log.debug if record else log.info)(
                 "step_finished",
                 phase=str(phase),
                 outcome=str(result.outcome),
@@ -632,5 +633,6 @@ class Executor:
         self._metrics.run_finished(
             playbook=run.playbook, outcome=str(status), duration=now - started
         )
-        log.info("run_finished", outcome=str(status), error=error)
+        # Its audit record, just appended, is the info line.
+        log.debug("run_finished", outcome=str(status), error=error)
         return status

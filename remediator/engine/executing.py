@@ -69,6 +69,8 @@ class _RunState:
     playbook: Playbook
     context: dict[str, Any]
     index: int = 0
+    unrecorded: tuple[StepRecord, AuditEvent] | None = None
+    """The last step's record, written with the run's outcome in one transaction."""
 
     def event(self, kind: AuditKind, **fields: Any) -> AuditEvent:
         return AuditEvent(
@@ -80,6 +82,22 @@ class _RunState:
             target=self.run.target,
             **fields,
         )
+
+
+def _new_run_state(run: RunRecord, playbook: Playbook, past: tuple[StepRecord, ...]) -> _RunState:
+    return _RunState(
+        run=run,
+        playbook=playbook,
+        context={
+            "alert": dict(run.alert),
+            "target": run.target,
+            "playbook": playbook.name,
+            "run": {"id": run.run_id, "dry_run": run.dry_run},
+            # A resumed run sees what its steps recorded (redacted, summarized outputs).
+            "steps": {r.name: {"outcome": str(r.outcome), "output": r.output} for r in past},
+        },
+        index=max((r.index for r in past), default=-1) + 1,
+    )
 
 
 class Executor:
@@ -173,13 +191,18 @@ class Executor:
                     error="playbook is no longer loaded",
                 )
             started = self._clock()
+            run_state = _new_run_state(run, playbook, past)
             try:
-                status, error = await self._execute(run, playbook, start=start, past=past)
+                status, error = await self._execute(run_state, start=start)
             except asyncio.CancelledError:
                 # Shutdown after the grace period: the run is recorded as interrupted, then
                 # the cancellation continues so the daemon can exit.
                 await self._finish(
-                    run, RunStatus.INTERRUPTED, started=started, error="interrupted by shutdown"
+                    run,
+                    RunStatus.INTERRUPTED,
+                    started=started,
+                    error="interrupted by shutdown",
+                    unrecorded=run_state.unrecorded,
                 )
                 raise
             except RunLostError:
@@ -196,37 +219,26 @@ class Executor:
                     RunStatus.FAILED,
                     f"{type(e).__name__}: {redaction.truncate(reason)}",
                 )
-            return await self._finish(run, status, started=started, error=error)
+            return await self._finish(
+                run, status, started=started, error=error, unrecorded=run_state.unrecorded
+            )
 
     def _policy_of(self, playbook: str) -> SafetyPolicy | None:
         found = self._playbooks().by_name(playbook)
         return found.safety if found is not None else None
 
-    async def _execute(
-        self,
-        run: RunRecord,
-        playbook: Playbook,
-        *,
-        start: int = 0,
-        past: tuple[StepRecord, ...] = (),
-    ) -> tuple[RunStatus, str | None]:
-        run_state = _RunState(
-            run=run,
-            playbook=playbook,
-            context={
-                "alert": dict(run.alert),
-                "target": run.target,
-                "playbook": playbook.name,
-                "run": {"id": run.run_id, "dry_run": run.dry_run},
-                # A resumed run sees what its steps recorded (redacted, summarized outputs).
-                "steps": {r.name: {"outcome": str(r.outcome), "output": r.output} for r in past},
-            },
-            index=max((r.index for r in past), default=-1) + 1,
-        )
+    async def _execute(self, run_state: _RunState, *, start: int) -> tuple[RunStatus, str | None]:
+        playbook = run_state.playbook
+        # When the outcome follows the last step at once (no verify, no on_failure), that
+        # step's record is written with the outcome: one transaction fewer per run, and a
+        # replica dying in between leaves the step as it would before its own write.
+        ends_run = playbook.verify is None and not playbook.on_failure
+        remaining = playbook.steps[start:]
         status, error = RunStatus.SUCCEEDED, None
         try:
-            for step in playbook.steps[start:]:
-                result = await self._step(run_state, Phase.STEPS, step)
+            for number, step in enumerate(remaining, start=1):
+                last = ends_run and number == len(remaining)
+                result = await self._step(run_state, Phase.STEPS, step, with_outcome=last)
                 if not result.ok:
                     status, error = RunStatus.FAILED, f"step {step.name!r}: {result.error}"
                     break
@@ -329,6 +341,7 @@ class Executor:
         time_limit: float | None = None,
         record: bool = True,
         retry: bool = True,
+        with_outcome: bool = False,
     ) -> StepResult:
         started = self._clock()
         loop = asyncio.get_running_loop()
@@ -372,7 +385,16 @@ class Executor:
                 duration=duration,
             )
             if record:
-                await self._record_step(run_state, phase, step, result, rendered, started, duration)
+                await self._record_step(
+                    run_state,
+                    phase,
+                    step,
+                    result,
+                    rendered,
+                    started,
+                    duration,
+                    with_outcome=with_outcome,
+                )
             # A recorded step is logged once already, as its audit record (at info).
             (log.debug if record else log.info)(
                 "step_finished",
@@ -562,6 +584,8 @@ class Executor:
         rendered: Mapping[str, Any],
         started: float,
         duration: float,
+        *,
+        with_outcome: bool = False,
     ) -> None:
         secrets = self._resources.secrets
         safe_params = redaction.redact(dict(rendered), secrets=secrets)
@@ -595,13 +619,22 @@ class Executor:
                 "output": safe_output,
             },
         )
+        if with_outcome:
+            run_state.unrecorded = (record, event)
+            return
         try:
             await self._store.record_step(record, events=[event], owner=self._owner())
         except state.RunLostError as e:
             raise RunLostError(str(e)) from e
 
     async def _finish(
-        self, run: RunRecord, status: RunStatus, *, started: float, error: str | None
+        self,
+        run: RunRecord,
+        status: RunStatus,
+        *,
+        started: float,
+        error: str | None,
+        unrecorded: tuple[StepRecord, AuditEvent] | None = None,
     ) -> RunStatus:
         now = self._clock()
         event = AuditEvent(
@@ -625,6 +658,7 @@ class Executor:
                 events=[event],
                 breaker=playbook.safety.breaker if playbook is not None else None,
                 owner=self._owner(),
+                step=unrecorded,
             )
         except state.RunLostError as e:
             raise RunLostError(str(e)) from e

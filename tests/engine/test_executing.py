@@ -103,6 +103,9 @@ async def test_success_records_steps_and_audit_in_order(engine: Engine) -> None:
         "greet",
         "store-s1",
     )
+    # The outcome follows the last step at once, so that step is written with it: one
+    # transaction, one time for both records.
+    assert detail.audit[-2].time == detail.audit[-1].time
     assert [c.params.value for c in engine.recorder.calls_of("test.echo")] == [
         "store s1 on store-s1",
         "store s1 on store-s1!",
@@ -460,6 +463,10 @@ async def test_verification_passes_once_its_check_holds(engine: Engine) -> None:
     assert [c.params.value for c in engine.recorder.calls_of("test.echo")] == [""]
     # Checks are audited as a verification, not as steps of the run.
     assert [s.name for s in detail.steps] == ["fix"]
+    # Verification follows the step, so the step was written on its own, before it.
+    (step,) = [r for r in detail.audit if r.event.kind is AuditKind.STEP_FINISHED]
+    (checked,) = [r for r in detail.audit if r.event.kind is AuditKind.VERIFICATION_FINISHED]
+    assert step.seq < checked.seq and step.time < checked.time
 
 
 async def test_verification_that_never_holds_is_unverified_and_escalates(engine: Engine) -> None:

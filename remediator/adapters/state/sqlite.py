@@ -206,6 +206,7 @@ class SqliteStateStore(SqlStateStore):
     # cost no one else a wait; they only save commits (each writes every page it touched).
     max_group = 256
     group_admissions = True
+    gather_iterations = 1
 
     def __init__(
         self,

@@ -51,6 +51,9 @@ class SqlStateStore(abc.ABC):
     readonly: bool = False
     max_group: int = 32
     """Writes committed in one transaction at most: bounds how long the writer lock is held."""
+    gather_iterations: int = 0
+    """Loop iterations a group waits for more writes before it commits: where a commit is
+    the costly part (SQLite writes every page it touched), a few more writes per commit."""
     group_admissions: bool = False
     """Whether admissions share a group too. Not where a transaction holds a lock across round
     trips: the admitter already sends a batch of webhooks as one call, and more in the same
@@ -174,12 +177,15 @@ class SqlStateStore(abc.ABC):
         events: Sequence[runs.AuditEvent] = (),
         breaker: safety.BreakerPolicy | None = None,
         owner: str | None = None,
+        step: tuple[runs.StepRecord, runs.AuditEvent] | None = None,
     ) -> list[runs.Breaker]:
         """Any unfinished status → ``status`` (a finished one); else :class:`RunStateError`.
 
         A run that already finished keeps its first outcome: for example one that was marked
         interrupted at shutdown while its task was still winding down. With a ``breaker``
         policy, returns the breakers this outcome opened (audited here, escalated by the caller).
+        ``step``, the last step's record and its event, is stored first in the same
+        transaction, as :meth:`record_step` would have stored it.
         """
         if not status.finished:
             raise ValueError(f"finish_run needs a finished status, not {status}")
@@ -195,6 +201,7 @@ class SqlStateStore(abc.ABC):
                 events=pending,
                 breaker=breaker,
                 owner=owner,
+                step=step,
             ),
         )
 
@@ -470,6 +477,8 @@ class SqlStateStore(abc.ABC):
 
     async def _commit_pending(self) -> None:
         while self._pending_writes:
+            for _ in range(self.gather_iterations):
+                await asyncio.sleep(0)
             group = self._pending_writes[: self.max_group]
             del self._pending_writes[: self.max_group]
             try:

@@ -229,29 +229,30 @@ def claim_run(
     record_start: bool,
     owner: str | None,
 ) -> runs.RunRecord | None:
-    queued = conn.execute(
-        "SELECT playbook, target FROM runs WHERE run_id = ? AND status = ?",
-        (run_id, str(runs.RunStatus.QUEUED)),
+    row = conn.execute(
+        f"SELECT {RUN_COLUMNS} FROM {RUNS_JOINED} WHERE r.run_id = ?",  # noqa: S608
+        (run_id,),
     ).fetchone()
-    if queued is None:
+    if row is None or row["status"] != str(runs.RunStatus.QUEUED):
         return None
+    queued = decode_run(row)
     # One run per target across replicas: the writer lock makes this check and the claim one.
     if conn.execute(
         "SELECT 1 FROM runs WHERE target = ? AND status IN (?, ?) LIMIT 1",
-        (queued[1], str(runs.RunStatus.RUNNING), str(runs.RunStatus.AWAITING_APPROVAL)),
+        (queued.target, str(runs.RunStatus.RUNNING), str(runs.RunStatus.AWAITING_APPROVAL)),
     ).fetchone():
-        raise TargetBusyError(f"target {queued[1]!r} has a run in progress")
+        raise TargetBusyError(f"target {queued.target!r} has a run in progress")
     gate = (
         policy
         if policy is not None
-        else (policy_for(queued[0]) if policy_for is not None else None)
+        else (policy_for(queued.playbook) if policy_for is not None else None)
     )
     if gate is not None:
         append(conn, safeguards.expire_breakers(conn, now=now), now)
         snapshot = safety.Snapshot(
             paused=safeguards.paused(conn) is not None,
-            breaker_open=safeguards.breaker_open(conn, queued[0], queued[1], now=now),
-            last_finished_on_target=safeguards.last_finished_on_target(conn, queued[1]),
+            breaker_open=safeguards.breaker_open(conn, queued.playbook, queued.target, now=now),
+            last_finished_on_target=safeguards.last_finished_on_target(conn, queued.target),
         )
         decision = safety.decide_start(gate, snapshot, now=now)
         if decision.refusal is not None:
@@ -265,7 +266,7 @@ def claim_run(
     ).rowcount
     if not claimed:
         return None
-    record = fetch_run(conn, run_id)
+    record = dataclasses.replace(queued, status=runs.RunStatus.RUNNING, started_at=now)
     started = (
         [
             dataclasses.replace(
@@ -291,8 +292,13 @@ def finish_run(
     events: Sequence[runs.AuditEvent],
     breaker: safety.BreakerPolicy | None,
     owner: str | None,
+    step: tuple[runs.StepRecord, runs.AuditEvent] | None = None,
 ) -> list[runs.Breaker]:
     taken_over = check_owner(conn, run_id, owner)
+    if step is not None:
+        record, step_event = step
+        insert_step(conn, record)
+        append(conn, [step_event], now)
     transition(
         conn,
         run_id,

@@ -332,7 +332,7 @@ def test_audit_verify_names_the_tampered_record(state_copy: Path, tmp_path: Path
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             conn.execute("UPDATE audit SET outcome = 'failed' WHERE seq = ?", (seq,))
         conn.executescript("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
-        conn.execute("UPDATE audit SET details = ? WHERE seq = ?", ('{"duration": 0.001}', seq))
+        conn.execute("UPDATE audit SET details = ? WHERE seq = ?", ('{"duration": 86400.5}', seq))
         conn.commit()
 
     done = cli("audit", "verify", "--state", state_copy, cwd=tmp_path)

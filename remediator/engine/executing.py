@@ -649,16 +649,20 @@ class Executor:
             details={"duration": round(now - started, 3)},
         )
         playbook = self._playbooks().by_name(run.playbook)
+        step, events = None, [event]
+        if unrecorded is not None:
+            step, step_event = unrecorded
+            events = [step_event, event]
         try:
             opened = await self._store.finish_run(
                 run.run_id,
                 status,
                 now=now,
                 error=error,
-                events=[event],
+                events=events,
                 breaker=playbook.safety.breaker if playbook is not None else None,
                 owner=self._owner(),
-                step=unrecorded,
+                step=step,
             )
         except state.RunLostError as e:
             raise RunLostError(str(e)) from e

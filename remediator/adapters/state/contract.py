@@ -88,7 +88,7 @@ class StateStore(Protocol):
         events: Sequence[runs.AuditEvent] = (),
         breaker: safety.BreakerPolicy | None = None,
         owner: str | None = None,
-        step: tuple[runs.StepRecord, runs.AuditEvent] | None = None,
+        step: runs.StepRecord | None = None,
     ) -> list[runs.Breaker]: ...
 
     async def set_run_status(

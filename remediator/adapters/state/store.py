@@ -177,15 +177,15 @@ class SqlStateStore(abc.ABC):
         events: Sequence[runs.AuditEvent] = (),
         breaker: safety.BreakerPolicy | None = None,
         owner: str | None = None,
-        step: tuple[runs.StepRecord, runs.AuditEvent] | None = None,
+        step: runs.StepRecord | None = None,
     ) -> list[runs.Breaker]:
         """Any unfinished status → ``status`` (a finished one); else :class:`RunStateError`.
 
         A run that already finished keeps its first outcome: for example one that was marked
         interrupted at shutdown while its task was still winding down. With a ``breaker``
         policy, returns the breakers this outcome opened (audited here, escalated by the caller).
-        ``step``, the last step's record and its event, is stored first in the same
-        transaction, as :meth:`record_step` would have stored it.
+        ``step``, the last step's record, is stored in the same transaction, as
+        :meth:`record_step` would have stored it; its audit event goes first in ``events``.
         """
         if not status.finished:
             raise ValueError(f"finish_run needs a finished status, not {status}")

@@ -229,13 +229,9 @@ def claim_run(
     record_start: bool,
     owner: str | None,
 ) -> runs.RunRecord | None:
-    row = conn.execute(
-        f"SELECT {RUN_COLUMNS} FROM {RUNS_JOINED} WHERE r.run_id = ?",  # noqa: S608
-        (run_id,),
-    ).fetchone()
-    if row is None or row["status"] != str(runs.RunStatus.QUEUED):
+    queued = find_run(conn, run_id)
+    if queued is None or queued.status is not runs.RunStatus.QUEUED:
         return None
-    queued = decode_run(row)
     # One run per target across replicas: the writer lock makes this check and the claim one.
     if conn.execute(
         "SELECT 1 FROM runs WHERE target = ? AND status IN (?, ?) LIMIT 1",
@@ -292,13 +288,11 @@ def finish_run(
     events: Sequence[runs.AuditEvent],
     breaker: safety.BreakerPolicy | None,
     owner: str | None,
-    step: tuple[runs.StepRecord, runs.AuditEvent] | None = None,
+    step: runs.StepRecord | None = None,
 ) -> list[runs.Breaker]:
     taken_over = check_owner(conn, run_id, owner)
     if step is not None:
-        record, step_event = step
-        insert_step(conn, record)
-        append(conn, [step_event], now)
+        insert_step(conn, step)
     transition(
         conn,
         run_id,
@@ -832,14 +826,19 @@ def run_event(kind: runs.AuditKind, run: runs.RunRecord, reason: str) -> runs.Au
     )
 
 
-def fetch_run(conn: Connection, run_id: str) -> runs.RunRecord:
+def find_run(conn: Connection, run_id: str) -> runs.RunRecord | None:
     row = conn.execute(
         f"SELECT {RUN_COLUMNS} FROM {RUNS_JOINED} WHERE r.run_id = ?",  # noqa: S608
         (run_id,),
     ).fetchone()
-    if row is None:
+    return None if row is None else decode_run(row)
+
+
+def fetch_run(conn: Connection, run_id: str) -> runs.RunRecord:
+    found = find_run(conn, run_id)
+    if found is None:
         raise RunStateError(f"no run {run_id!r}")
-    return decode_run(row)
+    return found
 
 
 def alertname(alert: Mapping[str, Any]) -> str:

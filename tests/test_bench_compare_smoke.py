@@ -48,6 +48,12 @@ def test_quick_compare_runs_to_completion(tmp_path: Path) -> None:
     (closed,) = results["closed"]["remediator"]
     (dispatch,) = results["dispatch"]["remediator"]
     (opened,) = results["open"]["remediator"]
+    pinned = report["config"]["pinned"]
+    if pinned["server_cpu"] is not None:  # a machine with two CPUs the bench may use
+        # Each server ran on its own CPU, never beside the load generator.
+        assert [r["server_cpus"] for r in (closed, dispatch, opened)] == [
+            [pinned["server_cpu"]]
+        ] * 3
     assert closed["accepted_alerts"] > closed["new_stores"] > 0
     assert dispatch["accepted_alerts"] == dispatch["new_stores"]
     assert dispatch["actions_per_s"] > 0

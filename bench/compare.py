@@ -917,6 +917,7 @@ class Options:
     cache: Path
     timeout: float
     profile: Path | None
+    shapes: tuple[str, ...] = ()
 
 
 SHAPES = ("closed", "dispatch", "open")
@@ -1023,7 +1024,7 @@ async def run_shapes(
     server_cpu, _ = pinning_cpus()
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     count = 0
-    for shape in SHAPES:
+    for shape in options.shapes or SHAPES:
         per_server: dict[str, list[dict[str, Any]]] = {}
         for repetition in range(options.repetitions):
             # Interleaved, so a neighbour's load on this shared machine hits both alike.
@@ -1296,6 +1297,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-ansible", action="store_true", help="measure remediator only")
     parser.add_argument(
+        "--shapes",
+        type=lambda text: tuple(text.split(",")),
+        default=SHAPES,
+        help=f"comma-separated, of {','.join(SHAPES)} (all)",
+    )
+    parser.add_argument(
         "--state",
         default="sqlite",
         help="remediator's state: sqlite (a fresh file per test) or a postgresql:// URL",
@@ -1326,6 +1333,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--seconds, --repetitions, --connections and --replicas must be positive")
     if args.open_rate <= 0 or args.burst < 0 or args.burst_group < 1:
         parser.error("--open-rate and --burst-group must be positive, --burst at least 0")
+    if unknown := set(args.shapes) - set(SHAPES):
+        parser.error(
+            f"--shapes: no shape {', '.join(sorted(unknown))}; there are {', '.join(SHAPES)}"
+        )
     if args.burst_only and not args.burst:
         parser.error("--burst-only needs a --burst above 0")
     return args
@@ -1360,6 +1371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache=args.cache_dir,
         timeout=args.timeout,
         profile=args.profile.resolve() if args.profile else None,
+        shapes=args.shapes,
     )
     return intake.run_to_exit_status(
         "compare",

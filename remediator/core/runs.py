@@ -14,7 +14,8 @@ T = TypeVar("T")
 
 
 def is_run_id(text: str) -> bool:
-    """Run ids are uuid4 hex; anything else in a URL is refused before reaching the store."""
+    """Run ids are 32 hex digits (``engine.admitting.RunIds``); anything else in a URL is
+    refused before reaching the store."""
     return text.isalnum() and len(text) <= 64
 
 

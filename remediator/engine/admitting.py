@@ -91,29 +91,35 @@ class SeenKeys:
                 del self._keys[key]
 
 
-RUN_ID_BYTES = 16
+RUN_ID_RANDOM_BYTES = 10
 RUN_IDS_PER_DRAW = 256
 
 
 class RunIds:
-    """Unguessable run ids: 128 bits from the OS's CSPRNG as 32 hex digits (the shape of a
-    ``uuid4().hex``), drawn 256 ids at a time.
+    """Unguessable, time-ordered run ids, 32 hex digits (the shape of a UUIDv7 without its
+    version bits): the creation time in milliseconds (48 bits), then 80 bits from the OS's
+    CSPRNG, drawn for 256 ids at a time.
 
-    ``uuid4()`` costs a ``getrandom`` system call and a UUID object per id; under load that was
-    7-14 % of the event loop's samples, because the call gives up the GIL and the state
-    store's thread takes it. Ordering is not needed: runs are ordered by ``created_at``.
+    Time order is for the state store: run ids key the runs' unique index, the steps table and
+    the audit log's index by run, and a random key lands on a random page of each B-tree. With
+    ids that grow, new rows go to the right-hand pages, which stay cached, and a commit writes
+    a few pages instead of one per row per index (SQLite: an audit record costs about half as
+    much). 80 random bits still make an id impossible to guess, and ids from several replicas
+    never collide in practice. ``uuid4()`` per id cost a system call and a UUID object.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._pool = ""
         self._offset = 0
 
     def __call__(self) -> str:
         if self._offset >= len(self._pool):
-            self._pool = os.urandom(RUN_ID_BYTES * RUN_IDS_PER_DRAW).hex()
+            self._pool = os.urandom(RUN_ID_RANDOM_BYTES * RUN_IDS_PER_DRAW).hex()
             self._offset = 0
-        start, self._offset = self._offset, self._offset + 2 * RUN_ID_BYTES
-        return self._pool[start : self._offset]
+        start, self._offset = self._offset, self._offset + 2 * RUN_ID_RANDOM_BYTES
+        millis = int(self._clock() * 1000) & 0xFFFF_FFFF_FFFF
+        return f"{millis:012x}{self._pool[start : self._offset]}"
 
 
 MAX_BATCH_ALERTS = 512

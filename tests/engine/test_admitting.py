@@ -298,6 +298,16 @@ def test_run_ids_are_distinct_hex_across_pool_refills() -> None:
     assert all(len(i) == 32 and int(i, 16) >= 0 and runs.is_run_id(i) for i in ids)
 
 
+def test_run_ids_sort_by_creation_time() -> None:
+    clock = iter([1_764_000_000.0005 + 0.001 * i for i in range(600)])
+    make = admitting.RunIds(clock=lambda: next(clock))
+    ids = [make() for _ in range(600)]
+
+    assert ids == sorted(ids)
+    assert int(ids[0][:12], 16) == 1_764_000_000_000  # milliseconds since the epoch
+    assert len({i[12:] for i in ids}) == len(ids)  # and the random part still differs
+
+
 def test_each_admitter_draws_its_own_run_ids() -> None:
     first, second = admitting.RunIds(), admitting.RunIds()
 

@@ -60,7 +60,7 @@ log = structlog.get_logger(__name__)
 def configure_logging(settings: LoggingSettings) -> None:
     level = getattr(logging, settings.level.upper())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        logsink.JsonLineRenderer()
         if settings.format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -68,7 +68,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            logsink.IsoTimeStamper(),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,

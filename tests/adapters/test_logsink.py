@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
+import re
 from typing import cast
 
 import structlog
@@ -85,3 +87,31 @@ async def test_a_line_from_another_thread_is_written_at_once_after_pending_ones(
         "on_the_loop",
         "from_a_thread",
     ]
+
+
+def test_timestamps_match_structlogs_iso_utc_stamper_across_seconds() -> None:
+    moments = [1_764_000_000.0, 1_764_000_000.999999, 1_764_000_000.9999996, 1_764_000_001.5]
+    moments += [1_764_086_399.25, 1_764_086_400.000001]
+    times = iter(moments)
+    stamp = logsink.IsoTimeStamper(clock=lambda: next(times))
+
+    for moment in moments:
+        ours = stamp(None, "info", {})["timestamp"]
+        reference = datetime.datetime.fromtimestamp(moment, tz=datetime.UTC)
+        assert ours == reference.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    # structlog's own stamper writes the same shape (it drops zero microseconds, we never do)
+    theirs = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", theirs["timestamp"])
+
+
+def test_rendered_lines_are_what_structlogs_json_renderer_writes() -> None:
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    event = {"event": "run_finished", "n": 1, "ok": True, "none": None, "text": "é\n"}
+    event["o"] = Opaque()
+    ours = logsink.JsonLineRenderer()(None, "info", dict(event))
+
+    assert ours == structlog.processors.JSONRenderer()(None, "info", dict(event))
+    assert json.loads(ours)["o"] == "<opaque>"

@@ -336,6 +336,11 @@ class SqliteStateStore(SqlStateStore):
                 conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
                 conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
                 conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+                # Every write of a group runs in its own savepoint, whose journal keeps the
+                # original of each page it changes. On disk, that journal was a new file in
+                # /var/tmp per transaction once it outgrew 64 KiB: created, written page by
+                # page, unlinked. A group's journal is a few MiB at most.
+                conn.execute("PRAGMA temp_store = MEMORY")
                 _migrate(conn, self.path, busy_timeout=self._busy_timeout)
         except sqlite3.Error as e:
             conn.close()

@@ -7,13 +7,17 @@ with a clear error; the checkpoint, the one step that fsyncs, happens on its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from remediator.adapters import state
+from remediator.adapters.state.connections import Connection
 
 
 async def ticks_while(task: asyncio.Task[object], *, at_least: float) -> int:
@@ -111,3 +115,62 @@ async def test_blocking_calls_from_the_loop_thread_are_refused(tmp_path: Path) -
             store._call_blocking(lambda: None)
         # From another thread they run on the loop, as every other call does.
         assert await asyncio.to_thread(store._call_blocking, lambda: 42) == 42
+
+
+def sqlite_temp_files() -> list[str]:
+    """Temporary files SQLite holds open in this process (it unlinks them at once)."""
+    links = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(fd))
+    return [link for link in links if "etilqs_" in link]
+
+
+async def test_savepoint_journals_stay_in_memory(tmp_path: Path) -> None:
+    async with state.SqliteStateStore(tmp_path / "state.sqlite") as store:
+        for i in range(100):
+            await store.put_setting(f"k{i}", "v" * 2000)
+
+        def rewrite_in_a_savepoint(conn: Connection) -> list[str]:
+            # About 200 KiB of existing pages changed inside one savepoint, as a group's write
+            # does: past 64 KiB SQLite would spill its journal of them to a temporary file.
+            conn.execute("SAVEPOINT one_write")
+            conn.execute("UPDATE settings SET value = ? WHERE key LIKE 'k%'", ("w" * 2000,))
+            opened = sqlite_temp_files()
+            conn.execute("RELEASE SAVEPOINT one_write")
+            return opened
+
+        assert await store._transact("rewrite", rewrite_in_a_savepoint) == []
+        assert await store.get_setting("k99") == "w" * 2000
+
+
+class CountingStore(state.SqliteStateStore):
+    """The real store, counting the write transactions it commits."""
+
+    writes_committed = 0
+
+    def _in_transaction(self, operation: str, job: Any, *, write: bool) -> Any:
+        result = super()._in_transaction(operation, job, write=write)
+        self.writes_committed += write
+        return result
+
+
+async def writes_one_per_iteration(store: state.SqlStateStore, count: int) -> None:
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.create_task(store.put_setting(f"k{i}", "v")))
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+
+
+async def test_writes_arriving_while_a_group_waits_share_its_commit(tmp_path: Path) -> None:
+    async with CountingStore(tmp_path / "state.sqlite") as store:
+        before = store.writes_committed
+        await writes_one_per_iteration(store, 5)
+        assert store.writes_committed - before == 1
+
+        # ... but only so long: past gather_iterations the group commits anyway.
+        before = store.writes_committed
+        await writes_one_per_iteration(store, 4 * store.gather_iterations)
+        assert store.writes_committed - before >= 3
+        assert await store.get_setting(f"k{4 * store.gather_iterations - 1}") == "v"

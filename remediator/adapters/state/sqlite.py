@@ -206,7 +206,11 @@ class SqliteStateStore(SqlStateStore):
     # cost no one else a wait; they only save commits (each writes every page it touched).
     max_group = 256
     group_admissions = True
-    gather_iterations = 1
+    # Waiting costs an idle loop microseconds. Under load, writes come in bursts a few
+    # iterations apart (the executor's workers, a batch of webhooks): committing after the
+    # first iteration that brought none left groups of 2-9 writes. Six iterations, back to back
+    # in bench.compare: closed loop 618 -> 725 alerts/s, dispatch 240 -> 308 runs/s.
+    gather_iterations = 6
 
     def __init__(
         self,

@@ -36,22 +36,24 @@ def canonical_content(
     """
     if details_json is None:
         details_json = canonical_details(event.details)
-    # The keys in sorted order are alertname, details, then all the others.
-    first = _CANONICAL.encode({"alertname": event.alertname})
-    rest = _CANONICAL.encode(
-        {
-            "seq": seq,
-            "time": round(time, 6),
-            "kind": str(event.kind),
-            "run_id": event.run_id,
-            "fingerprint": event.fingerprint,
-            "playbook": event.playbook,
-            "target": event.target,
-            "outcome": event.outcome,
-            "reason": event.reason,
-        }
+    # The keys in sorted order, each value as the canonical encoder writes it: formatting the
+    # line directly costs a fifth of encoding (and sorting) a dict of the fields.
+    return (
+        f'{{"alertname":{_text(event.alertname)},"details":{details_json}'
+        f',"fingerprint":{_text(event.fingerprint)},"kind":{_encode_string(str(event.kind))}'
+        f',"outcome":{_text(event.outcome)},"playbook":{_text(event.playbook)}'
+        f',"reason":{_text(event.reason)},"run_id":{_text(event.run_id)}'
+        f',"seq":{seq!r},"target":{_text(event.target)}'
+        f',"time":{round(time, 6)!r}}}'
     )
-    return f'{first[:-1]},"details":{details_json},{rest[1:]}'
+
+
+_encode_string = json.encoder.encode_basestring
+"""A JSON string as the canonical encoder writes it (ensure_ascii=False): the same C function."""
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _encode_string(value)
 
 
 def chain_hash(prev_hash: str, content: str) -> str:

@@ -762,3 +762,41 @@ async def test_audit_details_of_any_shape_read_back_as_hashed(store: state.SqlSt
     ]
     assert appended == stored
     assert (await store.verify_audit()).intact
+
+
+async def test_breakers_and_storms_a_transaction_remembers_follow_its_own_writes(
+    store: state.SqlStateStore,
+) -> None:
+    """Unclosed breakers and active storms are read once per transaction; a write to either
+    within it must show in what the same transaction asks next."""
+    from remediator.adapters.state import safeguards
+    from remediator.core import safety
+    from remediator.core.runs import StormKey
+
+    policy = safety.BreakerPolicy(failures=1, reset_after=60.0)
+
+    def within_one_transaction(conn: Any) -> list[object]:
+        seen: list[object] = [safeguards.breaker_open(conn, "pb", "store-1", now=1000.0)]
+        conn.execute(
+            "INSERT INTO breakers (playbook, target, opened_at, closes_at) VALUES (?, ?, ?, ?)",
+            ("pb", "", 990.0, 1001.0),
+        )
+        conn.memo.pop(safeguards.UNCLOSED_BREAKERS, None)  # as trip_breakers() does
+        seen.append(safeguards.breaker_open(conn, "pb", "store-1", now=1000.0))
+        seen.append(safeguards.breaker_open(conn, "other", "store-1", now=1000.0))
+        seen.append(len(safeguards.expire_breakers(conn, now=1002.0)))
+        seen.append(safeguards.breaker_open(conn, "pb", "store-1", now=1000.0))
+        seen.append(safeguards.trip_breakers(conn, "pb", "store-2", policy, now=1003.0))
+        storm = StormKey(playbook="pb", alertname="StoreDown")
+        seen.append(safeguards.active_storm(conn, storm))
+        safeguards.start_storm(conn, storm, targets=5, now=1003.0)
+        storm_id = safeguards.active_storm(conn, storm)
+        seen.append(storm_id is not None)
+        assert storm_id is not None
+        safeguards.end_storm(conn, storm_id, storm, targets=0, now=1004.0)
+        seen.append(safeguards.active_storm(conn, storm))
+        return seen
+
+    seen, _ = await store._write("breakers", within_one_transaction)
+
+    assert seen == [False, True, False, 1, False, [], None, True, None]

@@ -18,6 +18,12 @@ PAUSED_KEY = "safety.paused"
 """Namespaced, so a general setting called ``paused`` cannot collide with the kill switch."""
 BREAKERS_EXPIRED_AT = "breakers_expired_at"
 """``conn.memo`` key: the ``now`` up to which this transaction already expired breakers."""
+UNCLOSED_BREAKERS = "unclosed_breakers"
+"""``conn.memo`` key: {(playbook, target): ((id, opened_at, closes_at), ...)} of the breakers
+not yet closed, once this transaction has read them. Every write to ``breakers`` drops it, and it is
+replaced, never changed in place, so a savepoint's rollback restores it with the memo."""
+ACTIVE_STORMS = "active_storms"
+"""``conn.memo`` key: {(playbook, alertname): id} of the storms not ended; like the above."""
 SIGHTING_RETENTION = 86400.0
 """Seconds of sightings kept; longer than any sensible storm window."""
 COUNTED_STATUSES = (
@@ -82,14 +88,19 @@ def storm_targets(
 
 
 def active_storm(conn: Connection, key: StormKey) -> int | None:
-    row = conn.execute(
-        "SELECT id FROM storms WHERE playbook = ? AND alertname = ? AND ended_at IS NULL",
-        (key.playbook, key.alertname),
-    ).fetchone()
-    return None if row is None else int(row[0])
+    # Read once per transaction: every admission asks, and storms are rare.
+    active: dict[tuple[str, str], int] | None = conn.memo.get(ACTIVE_STORMS)
+    if active is None:
+        rows = conn.execute(
+            "SELECT playbook, alertname, id FROM storms WHERE ended_at IS NULL ORDER BY id"
+        ).fetchall()
+        active = {(r[0], r[1]): int(r[2]) for r in rows}
+        conn.memo[ACTIVE_STORMS] = active
+    return active.get((key.playbook, key.alertname))
 
 
 def start_storm(conn: Connection, key: StormKey, *, targets: int, now: float) -> AuditEvent:
+    conn.memo.pop(ACTIVE_STORMS, None)
     conn.execute(
         "INSERT INTO storms (playbook, alertname, started_at, targets) VALUES (?, ?, ?, ?)",
         (key.playbook, key.alertname, now, targets),
@@ -106,6 +117,7 @@ def start_storm(conn: Connection, key: StormKey, *, targets: int, now: float) ->
 def end_storm(
     conn: Connection, storm_id: int, key: StormKey, *, targets: int, now: float
 ) -> AuditEvent:
+    conn.memo.pop(ACTIVE_STORMS, None)
     conn.execute("UPDATE storms SET ended_at = ? WHERE id = ?", (now, storm_id))
     return AuditEvent(
         kind=AuditKind.STORM_ENDED,
@@ -160,13 +172,16 @@ def expire_breakers(conn: Connection, *, now: float) -> list[AuditEvent]:
     if conn.memo.get(BREAKERS_EXPIRED_AT, float("-inf")) >= now:
         return []
     conn.memo[BREAKERS_EXPIRED_AT] = now
-    rows = conn.execute(
-        "SELECT id, playbook, target, opened_at, closes_at FROM breakers"
-        " WHERE closed_at IS NULL AND closes_at <= ?",
-        (now,),
-    ).fetchall()
+    expired = sorted(
+        (row_id, playbook, target, opened_at, closes_at)
+        for (playbook, target), rows in _unclosed(conn).items()
+        for row_id, opened_at, closes_at in rows
+        if closes_at <= now
+    )
+    if expired:
+        conn.memo.pop(UNCLOSED_BREAKERS)
     events = []
-    for row_id, playbook, target, opened_at, closes_at in rows:
+    for row_id, playbook, target, opened_at, closes_at in expired:
         conn.execute(
             "UPDATE breakers SET closed_at = ?, closed_by = ? WHERE id = ?",
             (closes_at, "timeout", row_id),
@@ -184,15 +199,36 @@ def expire_breakers(conn: Connection, *, now: float) -> list[AuditEvent]:
     return events
 
 
+_Unclosed = dict[tuple[str, str], tuple[tuple[int, float, float], ...]]
+
+
+def _unclosed(conn: Connection) -> _Unclosed:
+    """The breakers not closed yet, read once per transaction (admission and claim ask for
+    every run, and almost always there are none)."""
+    unclosed: _Unclosed | None = conn.memo.get(UNCLOSED_BREAKERS)
+    if unclosed is None:
+        unclosed = {}
+        for row in conn.execute(
+            "SELECT playbook, target, id, opened_at, closes_at FROM breakers"
+            " WHERE closed_at IS NULL ORDER BY id"
+        ).fetchall():
+            key = (row[0], row[1])
+            unclosed[key] = (*unclosed.get(key, ()), (int(row[2]), row[3], row[4]))
+        conn.memo[UNCLOSED_BREAKERS] = unclosed
+    return unclosed
+
+
 def breaker_open(conn: Connection, playbook: str, target: str, *, now: float) -> bool:
     # An expired breaker counts as closed even before expire_breakers() has marked it: a
     # read-only preview does not expire anything, and must decide as admit() will.
-    row = conn.execute(
-        "SELECT 1 FROM breakers WHERE playbook = ? AND target IN (?, '') AND closed_at IS NULL"
-        " AND closes_at > ?",
-        (playbook, target, now),
-    ).fetchone()
-    return row is not None
+    unclosed = _unclosed(conn)
+    if not unclosed:
+        return False
+    return any(
+        closes_at > now
+        for scope in (target, "")
+        for _, _, closes_at in unclosed.get((playbook, scope), ())
+    )
 
 
 def open_breakers(conn: Connection, *, now: float) -> list[Breaker]:
@@ -218,10 +254,7 @@ def trip_breakers(
     """After a run finished: open the (playbook, target) and playbook breakers that trip."""
     opened = []
     for key in (target, ""):
-        if conn.execute(
-            "SELECT 1 FROM breakers WHERE playbook = ? AND target = ? AND closed_at IS NULL",
-            (playbook, key),
-        ).fetchone():
+        if (playbook, key) in _unclosed(conn):
             continue
         last_close = conn.execute(
             "SELECT MAX(closed_at) FROM breakers WHERE playbook = ? AND target = ?",
@@ -246,6 +279,7 @@ def trip_breakers(
         ).fetchall()
         if safety.breaker_trips(policy, [r[0] for r in rows]):
             closes_at = now + policy.reset_after
+            conn.memo.pop(UNCLOSED_BREAKERS, None)
             conn.execute(
                 "INSERT INTO breakers (playbook, target, opened_at, closes_at) VALUES (?, ?, ?, ?)",
                 (playbook, key, now, closes_at),
@@ -271,6 +305,8 @@ def close_breakers(
             " AND closed_at IS NULL",
             (playbook, target),
         ).fetchall()
+    if rows:
+        conn.memo.pop(UNCLOSED_BREAKERS, None)
     events = []
     for row_id, key in rows:
         conn.execute(

@@ -9,6 +9,7 @@ cookies), works on its own store, and saves a screenshot of the pages it sees in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from playwright.async_api import (
     Browser,
     BrowserContext,
     Page,
+    Route,
     ViewportSize,
     async_playwright,
     expect,
@@ -292,6 +294,32 @@ async def test_paused_remediation_records_a_new_alert_as_not_run(
         ("remediation_paused", "database migration", "console:bob"),
         ("remediation_resumed", "", "console:bob"),
     ]
+
+
+async def test_a_refresh_in_flight_while_the_operator_types_keeps_what_was_typed(
+    loop: closedloop.ClosedLoop, context: BrowserContext
+) -> None:
+    page = await log_in(context, loop, token=loop.token, name="dave")
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold_one_refresh(route: Route) -> None:
+        if route.request.resource_type == "fetch" and not held.is_set():
+            held.set()
+            await release.wait()
+        await route.continue_()
+
+    await page.route(f"{loop.url}/ui/", hold_one_refresh)
+    await asyncio.wait_for(held.wait(), WAIT_MS / 1000)
+    # The refresh left before the operator typed; its answer arrives after.
+    reason = page.get_by_label("Reason")
+    await reason.fill("typed while the page refreshed")
+    async with page.expect_response(lambda r: r.request.resource_type == "fetch") as answered:
+        release.set()
+    await (await answered.value).finished()
+    # The script reads the body and swaps the live parts in the tasks after the response ends.
+    await page.evaluate("() => new Promise((done) => setTimeout(done, 200))")
+    await expect(reason).to_have_value("typed while the page refreshed")
 
 
 async def test_a_viewer_finds_no_controls_and_a_forged_post_is_refused(

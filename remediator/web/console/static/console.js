@@ -28,8 +28,10 @@
           window.location.reload(); // the session ended: show the login page
           return;
         }
-        if (response.ok) {
-          const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+        const html = response.ok ? await response.text() : null;
+        // Checked again: the operator may have started typing while the fetch was in flight.
+        if (html !== null && !editing()) {
+          const fresh = new DOMParser().parseFromString(html, "text/html");
           for (const live of document.querySelectorAll("[data-live]")) {
             const replacement = fresh.getElementById(live.id);
             if (replacement) {

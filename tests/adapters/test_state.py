@@ -800,3 +800,84 @@ async def test_breakers_and_storms_a_transaction_remembers_follow_its_own_writes
     seen, _ = await store._write("breakers", within_one_transaction)
 
     assert seen == [False, True, False, 1, False, [], None, True, None]
+
+
+# SQLite schema migrations
+
+
+def _sqlite_file_at_version(path: Path, version: int) -> sqlite3.Connection:
+    """A file as an older remediator left it: the first ``version`` migrations applied."""
+    from remediator.adapters.state.sqlite import MIGRATIONS
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    for target, script in enumerate(MIGRATIONS[:version], start=1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;")
+    return conn
+
+
+def _insert_v3_run(conn: sqlite3.Connection, run_id: str, fingerprint: str) -> None:
+    conn.execute(
+        "INSERT INTO runs (run_id, fingerprint, alert_starts_at, alert_status, alertname,"
+        " playbook, target, status, dry_run, created_at)"
+        " VALUES (?, ?, ?, 'firing', 'KubePodCrashLooping', 'restart-pod', 'shop/web',"
+        " 'queued', 0, 1000.0)",
+        (run_id, fingerprint, STARTS_AT),
+    )
+
+
+async def test_sqlite_version_3_file_keeps_its_alerts_and_runs_when_migrated(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    conn = _sqlite_file_at_version(path, 3)
+    conn.execute(
+        "INSERT INTO alerts (fingerprint, starts_at, status, alert, received_at)"
+        " VALUES ('aaa1', ?, 'firing', ?, 999.0)",
+        (STARTS_AT, '{"labels": {"alertname": "KubePodCrashLooping"}}'),
+    )
+    _insert_v3_run(conn, "r1", "aaa1")
+    conn.close()
+
+    async with state.SqliteStateStore(path) as store:
+        detail = await store.get_run("r1")
+        assert detail is not None
+        assert detail.run.alert == {"labels": {"alertname": "KubePodCrashLooping"}}
+        # The dedupe key survived the rebuild, and the queued runs of an alert are still found.
+        (again,) = await store.admit([admission("aaa1")], now=1001.0)
+        assert again.duplicate
+        (resolved,) = await store.admit(
+            [admission("aaa1", status=AlertStatus.RESOLVED, cancel=True)], now=1002.0
+        )
+        assert resolved.cancelled_runs == ("r1",)
+
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (state.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        (index,) = conn.execute(
+            "SELECT sql FROM sqlite_schema WHERE name = 'runs_queued_by_fingerprint'"
+        ).fetchone()
+        assert index.endswith("WHERE status = 'queued'")
+    finally:
+        conn.close()
+
+
+async def test_sqlite_migration_that_would_break_a_foreign_key_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    conn = _sqlite_file_at_version(path, 3)
+    _insert_v3_run(conn, "orphan", "no-such-alert")  # possible only with foreign keys off
+    conn.close()
+
+    with pytest.raises(state.StateError, match=r"schema version 4 would break 1 foreign key"):
+        await state.SqliteStateStore(path).open()
+
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        (schema,) = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'alerts'").fetchone()
+        assert "PRIMARY KEY (fingerprint, starts_at, status)" in schema
+        assert conn.execute("SELECT run_id FROM runs").fetchall() == [("orphan",)]
+    finally:
+        conn.close()

@@ -174,6 +174,31 @@ MIGRATIONS: tuple[str, ...] = (
         known_targets INTEGER
     ) WITHOUT ROWID;
     """,
+    # Fewer pages per commit. A commit writes every page it changed, and a key that starts with
+    # a fingerprint (a hash) lands on a random page of its B-tree: the dedupe keys' table (rows
+    # of a few hundred bytes) and two indexes of runs were a third of the pages each commit
+    # wrote. Start time first, a new alert's key goes to the right-hand pages, which recent
+    # alerts share; the queued runs of an alert are found in an index of queued runs only,
+    # which is small and stays in the cache. Lookups by the whole key work as before.
+    """
+    CREATE TABLE alerts_by_start (
+        fingerprint TEXT NOT NULL,
+        starts_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        alert TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (starts_at, fingerprint, status)
+    ) WITHOUT ROWID;
+    INSERT INTO alerts_by_start (fingerprint, starts_at, status, alert, received_at)
+        SELECT fingerprint, starts_at, status, alert, received_at FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_by_start RENAME TO alerts;
+    DROP INDEX runs_by_alert;
+    CREATE INDEX runs_by_alert ON runs (alert_starts_at, fingerprint, alert_status);
+    DROP INDEX runs_by_fingerprint_status;
+    CREATE INDEX runs_queued_by_fingerprint ON runs (fingerprint, created_at)
+        WHERE status = 'queued';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -449,16 +474,34 @@ def _migrate_locked(conn: sqlite3.Connection, path: pathlib.Path) -> None:
         raise StateError(
             f"{path} has schema version {version}; this remediator knows up to {SCHEMA_VERSION}"
         )
-    for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        # user_version lives in the file header, which is journaled: it commits with the DDL.
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;"
+    if version == SCHEMA_VERSION:
+        return
+    # A table is rebuilt by copy, drop and rename, which foreign keys would refuse halfway; as
+    # SQLite's ALTER TABLE procedure says, they are off meanwhile and checked before COMMIT.
+    # (The pragma is a no-op inside a transaction, so it is set around them.)
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            _migrate_one(conn, path, script, target)
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate_one(conn: sqlite3.Connection, path: pathlib.Path, script: str, target: int) -> None:
+    # user_version lives in the file header, which is journaled: it commits with the DDL.
+    try:
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {target};")
+        broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise StateError(
+                f"{path}: migrating to schema version {target} would break"
+                f" {len(broken)} foreign key(s), first in table {broken[0][0]!r}; nothing changed"
             )
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _check_schema(conn: sqlite3.Connection, path: pathlib.Path) -> None:

@@ -786,9 +786,10 @@ def cancel_queued_where(
     ids = [
         row[0]
         for row in conn.execute(
-            f"SELECT run_id FROM runs WHERE {where} AND status = ?"  # noqa: S608 - constant
+            # The status as a literal: a bound value cannot use the index of queued runs.
+            f"SELECT run_id FROM runs WHERE {where} AND status = '{runs.RunStatus.QUEUED}'"  # noqa: S608 - constant
             " ORDER BY created_at, id",
-            (*values, str(runs.RunStatus.QUEUED)),
+            values,
         )
     ]
     for run_id in ids:

@@ -870,7 +870,13 @@ async def test_sqlite_migration_that_would_break_a_foreign_key_changes_nothing(
     _insert_v3_run(conn, "orphan", "no-such-alert")  # possible only with foreign keys off
     conn.close()
 
-    with pytest.raises(state.StateError, match=r"schema version 4 would break 1 foreign key"):
+    with pytest.raises(
+        state.StateError,
+        match=(
+            r"after migrating to schema version 4, 1 row\(s\) break a foreign key,"
+            r" first in table 'runs'"
+        ),
+    ):
         await state.SqliteStateStore(path).open()
 
     conn = sqlite3.connect(path)

@@ -493,9 +493,10 @@ def _migrate_one(conn: sqlite3.Connection, path: pathlib.Path, script: str, targ
         conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {target};")
         broken = conn.execute("PRAGMA foreign_key_check").fetchall()
         if broken:
+            # The check covers the whole file: a row broken before this migration counts too.
             raise StateError(
-                f"{path}: migrating to schema version {target} would break"
-                f" {len(broken)} foreign key(s), first in table {broken[0][0]!r}; nothing changed"
+                f"{path}: after migrating to schema version {target}, {len(broken)} row(s)"
+                f" break a foreign key, first in table {broken[0][0]!r}; nothing was changed"
             )
         conn.execute("COMMIT")
     except BaseException:

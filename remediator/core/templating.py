@@ -29,6 +29,7 @@ original as its cause and a message of at most :data:`MAX_MESSAGE` characters.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,6 +50,13 @@ _MARKERS = ("{{", "{%", "{#")
 # Errors Python itself raises while evaluating author-written expressions ("a" + 1, 1/0, ...).
 # They are the template's fault, like jinja's own errors, so they are wrapped the same way.
 _EVALUATION_ERRORS = (ArithmeticError, LookupError, TypeError, ValueError, AttributeError)
+# Comments, raw blocks and whitespace control are applied by the lexer and leave no trace in the
+# parse tree, so the fast path recognises them in the source and leaves them to jinja.
+_LEXER_ONLY = re.compile(r"\{[%#]|\{\{[-+]|[-+]\}\}")
+# The scalars the fast path outputs itself, with str() as jinja's output does; containers,
+# Undefined and other objects are left to jinja.
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+_MISSING = object()
 
 
 class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
@@ -122,8 +130,12 @@ def render(source: str, context: Mapping[str, Any]) -> str:
     if not is_templated(source):
         return source
     template = _template(source)
+    fast = _fast_renderer(source)
     try:
-        return template.render(context)
+        # Only str(int) can raise in the fast path (too many digits), the same error jinja's
+        # own str() raises, so it is wrapped the same way.
+        rendered = fast(context) if fast is not None else None
+        return template.render(context) if rendered is None else rendered
     except (jinja2.TemplateError, *_EVALUATION_ERRORS) as e:
         raise _wrap(e) from e
 
@@ -153,6 +165,81 @@ def _template(source: str) -> jinja2.Template:
         return _ENV.from_string(source)
     except jinja2.TemplateError as e:
         raise _wrap(e) from e
+
+
+_Part = str | tuple[str, tuple[str, ...]]
+"""Literal text, or a field path: a context name and the dict keys read below it."""
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _fast_renderer(source: str) -> Callable[[Mapping[str, Any]], str | None] | None:
+    """A renderer that skips jinja's per-render context set-up, for templates of only text and
+    field paths (``store-{{ alert.labels.store_id }}``, the usual target); None for any other.
+
+    The renderer returns None when it cannot be sure to give jinja's result (a key missing, a
+    value not a plain dict or scalar), and the caller then renders through jinja, which gives
+    the real result or the real error.
+    """
+    if _LEXER_ONLY.search(source):
+        return None
+    body = _ENV.parse(source).body
+    if len(body) != 1 or not isinstance(body[0], nodes.Output):
+        return None
+    parts: list[_Part] = []
+    for node in body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            parts.append(node.data)
+            continue
+        path = _field_path(node)
+        if path is None:
+            return None
+        parts.append(path)
+    return functools.partial(_render_fields, tuple(parts))
+
+
+def _field_path(node: nodes.Node) -> tuple[str, tuple[str, ...]] | None:
+    keys: list[str] = []
+    while not isinstance(node, nodes.Name):
+        if isinstance(node, nodes.Getattr):
+            # The sandbox's getattr prefers the attribute: `labels.items` is the dict method.
+            if hasattr(dict, node.attr):
+                return None
+            keys.append(node.attr)
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and type(node.arg.value) is str
+        ):
+            # The sandbox's getitem prefers the item: `labels['items']` is the label.
+            keys.append(node.arg.value)
+        else:
+            return None
+        node = node.node
+    # `self` is jinja's reference to the template itself, never a context value; private names
+    # are left to the sandbox's own rules.
+    if node.name == "self" or any(name.startswith("_") for name in (node.name, *keys)):
+        return None
+    return node.name, tuple(reversed(keys))
+
+
+def _render_fields(parts: tuple[_Part, ...], context: Mapping[str, Any]) -> str | None:
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        name, keys = part
+        value = context.get(name, _MISSING)
+        for key in keys:
+            # A plain dict has no attribute of that name (checked at compile time), so both
+            # getattr and getitem in the sandbox return the item; anything else goes to jinja.
+            if type(value) is not dict:
+                return None
+            value = value.get(key, _MISSING)
+        if type(value) not in _PLAIN_TYPES:
+            return None
+        out.append(str(value))
+    return "".join(out)
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)

@@ -7,8 +7,10 @@ from typing import Any
 import jinja2
 import jinja2.exceptions
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from remediator.core import alerts, errors, templating
+from remediator.core import alerts, errors, redaction, templating
 
 PAYLOADS = pathlib.Path(__file__).parent / "payloads"
 
@@ -311,3 +313,186 @@ def test_check_expression_rejects(expression: str, message: str) -> None:
 
 def test_check_expression_accepts_undefined_names() -> None:
     templating.check_expression("steps.later.output.ready > 0")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "store-{{ alert.labels.store_id }}",
+        "{{ alert.labels['values'] }}",
+        "{{alert.status}}/{{ alert.fingerprint }}\n",
+        "{{ target }}",
+    ],
+    ids=["label", "item-named-like-a-method", "two-fields", "top-level-name"],
+)
+def test_field_paths_take_the_fast_path(source: str) -> None:
+    context = make_context(values="v")
+    fast = templating._fast_renderer(source)
+    assert fast is not None
+    expected = templating._ENV.from_string(source).render(context)
+    assert fast(context) == expected
+    assert templating.render(source, context) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ alert.labels.store_id | upper }}",
+        "{{ alert.labels.items }}",
+        "{{ alert.labels.store_id ~ 'x' }}",
+        "{{ alert.labels[0] }}",
+        "{{ _private }}",
+        "{{ alert._private }}",
+        "{{ self.x }}",
+        "{% if run.dry_run %}x{% endif %}",
+        "{# c #}{{ target }}",
+        "{% raw %}{{ x }}{% endraw %}{{ target }}",
+        "a {{- target }}",
+        "{{ target -}} b",
+        "{{ none }}",
+    ],
+    ids=[
+        "filter",
+        "dict-method",
+        "concat",
+        "int-key",
+        "underscore-name",
+        "underscore-attribute",
+        "self",
+        "block",
+        "comment",
+        "raw",
+        "strip-before",
+        "strip-after",
+        "constant",
+    ],
+)
+def test_other_templates_render_through_jinja(source: str) -> None:
+    assert templating._fast_renderer(source) is None
+
+
+def test_fast_path_leaves_a_missing_label_to_jinja() -> None:
+    source = "store-{{ alert.labels.nope }}"
+    fast = templating._fast_renderer(source)
+    assert fast is not None
+    assert fast(CONTEXT) is None
+    with pytest.raises(errors.TemplateError) as info:
+        templating.render(source, CONTEXT)
+    assert str(info.value) == "undefined: 'dict object' has no attribute 'nope'"
+    assert isinstance(info.value.__cause__, jinja2.UndefinedError)
+
+
+def test_labels_named_like_dict_methods_render_as_jinja_does() -> None:
+    context = make_context(items="x")
+    expected = templating._ENV.from_string("{{ alert.labels.items }}").render(context)
+    assert expected.startswith("<built-in method items of dict object")
+    assert templating.render("{{ alert.labels.items }}", context) == expected
+    assert templating.render("{{ alert.labels['items'] }}", context) == "x"
+
+
+def test_fast_path_keeps_alert_data_as_data() -> None:
+    fast = templating._fast_renderer("store {{ alert.labels.store_id }}")
+    assert fast is not None
+    assert fast(make_context(store_id="{{ 7*7 }}")) == "store {{ 7*7 }}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [True, False, None, 0, -3, 10**30, 1.5, -0.0, 1e100, float("inf"), float("nan"), "", "é"],
+    ids=repr,
+)
+def test_fast_path_renders_scalars_as_jinja_does(value: Any) -> None:
+    fast = templating._fast_renderer("v={{ x.y }}")
+    assert fast is not None
+    context = {"x": {"y": value}}
+    assert fast(context) == templating._ENV.from_string("v={{ x.y }}").render(context)
+
+
+def test_fast_path_reports_an_unprintable_int_as_jinja_does() -> None:
+    context = {"x": {"y": 10**5000}}
+    with pytest.raises(ValueError, match="integer string conversion") as jinja_info:
+        templating._ENV.from_string("{{ x.y }}").render(context)
+    with pytest.raises(errors.TemplateError) as info:
+        templating.render("{{ x.y }}", context)
+    assert str(info.value) == redaction.truncate(
+        f"ValueError: {jinja_info.value}", templating.MAX_MESSAGE
+    )
+
+
+# Keys named like dict methods, private names and jinja's `self` are where the sandbox's
+# lookups differ from a plain dict's, so the generated contexts and paths use them often.
+_NAMES = ["alert", "labels", "a", "store_id", "items", "get", "values", "keys", "_x", "self"]
+_KEYS = [*_NAMES, "__class__", "0", "a-b", "none"]
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats()
+    | st.text(max_size=6)
+    | st.just("{{ 7*7 }}")
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner),
+    max_leaves=12,
+)
+_DICTS = st.dictionaries(st.sampled_from(_KEYS), _VALUES, min_size=1)
+# No "{" in literal text, so every generated template is valid and only rendering can fail.
+_TEXT = st.text(alphabet="ab -_}%#\n\r\té", max_size=4)
+# Shapes the fast path leaves to jinja, though some render the same.
+_OTHER_WRAPPERS = ["{{- %s }}", "{{ %s -}}", "{{ %s }}{# c #}", "{{ %s | string }}"]
+
+
+def _pick(draw: st.DrawFn, present: list[str], pool: list[str]) -> str:
+    """Mostly a key present in the data, so paths reach values; sometimes any key at all."""
+    if present and draw(st.integers(min_value=0, max_value=4)) < 4:
+        return draw(st.sampled_from(present))
+    return draw(st.sampled_from(pool))
+
+
+def _goes_deeper(draw: st.DrawFn, value: Any) -> bool:
+    """Mostly down to a scalar; sometimes stops at a dict or goes on past a scalar."""
+    roll = draw(st.integers(min_value=0, max_value=9))
+    return roll < 8 if isinstance(value, dict) else roll == 9
+
+
+@st.composite
+def _field_templates(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A context, and a template of field paths that mostly follow keys present in it."""
+    context = draw(
+        st.dictionaries(st.sampled_from(_NAMES), _DICTS | _VALUES, min_size=1, max_size=4)
+    )
+    source = ""
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        name = _pick(draw, sorted(context), _NAMES)
+        path, value = name, context.get(name)
+        while _goes_deeper(draw, value):
+            key = _pick(draw, sorted(value) if isinstance(value, dict) else [], _KEYS)
+            as_attribute = key.isidentifier() and draw(st.booleans())
+            path += f".{key}" if as_attribute else f"[{key!r}]"
+            value = value.get(key) if isinstance(value, dict) else None
+        wrapper = "{{%s}}" if draw(st.booleans()) else "{{ %s }}"
+        if draw(st.integers(min_value=0, max_value=5)) == 5:
+            wrapper = draw(st.sampled_from(_OTHER_WRAPPERS))
+        source += draw(_TEXT) + wrapper % path
+    return source + draw(_TEXT), context
+
+
+@settings(max_examples=300, deadline=None)
+@given(_field_templates())
+def test_fast_path_renders_exactly_as_jinja(case: tuple[str, dict[str, Any]]) -> None:
+    """Whatever the data, the fast path gives jinja's result or steps aside for jinja: it never
+    changes a result, and never turns an error into a result."""
+    source, context = case
+    fast = templating._fast_renderer(source)
+    try:
+        expected = templating._ENV.from_string(source).render(context)
+    except Exception as e:
+        assert fast is None or fast(context) is None
+        with pytest.raises(errors.TemplateError) as info:
+            templating.render(source, context)
+        assert type(info.value.__cause__) is type(e)
+        assert str(info.value.__cause__) == str(e)
+    else:
+        assert fast is None or fast(context) in (None, expected)
+        assert templating.render(source, context) == expected

@@ -52,11 +52,15 @@ def plan_admission(
     make_run_id: Callable[[], str],
     dry_run: bool = False,
 ) -> Admission:
+    # One Alertmanager-shaped copy serves the audit record, the stored alert and the target
+    # templates: none of them changes it (templates render in an immutable sandbox).
+    shape = alert.to_json()
+    context = {"alert": shape}
     received = AuditEvent(
         kind=AuditKind.ALERT_RECEIVED,
         **alert_fields(alert),
         outcome=str(alert.status),
-        details={"alert": alert.to_json()},
+        details={"alert": shape},
     )
     events: list[AuditEvent] = [received]
     runs: list[NewRun] = []
@@ -89,7 +93,7 @@ def plan_admission(
                 )
             )
             continue
-        target, error = render_target(playbook, alert)
+        target, error = render_target(playbook, alert, context)
         if target is None:
             events.append(
                 AuditEvent(
@@ -108,12 +112,14 @@ def plan_admission(
                 target=target,
                 dry_run=dry_run or playbook.dry_run,
                 policy=playbook.safety,
-                on_storm=_storm_run(playbook, alert, playbooks, make_run_id, dry_run=dry_run),
+                on_storm=_storm_run(
+                    playbook, alert, context, playbooks, make_run_id, dry_run=dry_run
+                ),
             )
         )
     return Admission(
         key=alert.key,
-        alert=alert.to_json(),
+        alert=shape,
         runs=tuple(runs),
         events=tuple(events),
         cancel_queued_runs=alert.status is AlertStatus.RESOLVED,
@@ -123,6 +129,7 @@ def plan_admission(
 def _storm_run(
     playbook: Playbook,
     alert: Alert,
+    context: Mapping[str, Any],
     playbooks: PlaybookSet,
     make_run_id: Callable[[], str],
     *,
@@ -133,7 +140,7 @@ def _storm_run(
     platform = playbooks.by_name(name) if name else None
     if platform is None or scope.check_labels(alert.labels, platform.labels_used):
         return None
-    target, _ = render_target(platform, alert)
+    target, _ = render_target(platform, alert, context)
     if target is None:
         return None
     return NewRun(
@@ -172,10 +179,14 @@ def refused_event(
     )
 
 
-def render_target(playbook: Playbook, alert: Alert) -> tuple[str | None, str]:
-    """The rendered target, or None and why it could not be rendered."""
+def render_target(
+    playbook: Playbook, alert: Alert, context: Mapping[str, Any] | None = None
+) -> tuple[str | None, str]:
+    """The rendered target, or None and why it could not be rendered; ``context``, when the
+    caller has it, is ``alert_context(alert)``."""
     try:
-        target = templating.render(playbook.target, alert_context(alert)).strip()
+        context = alert_context(alert) if context is None else context
+        target = templating.render(playbook.target, context).strip()
     except TemplateError as e:
         return None, str(e)
     if not target:

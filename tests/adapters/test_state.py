@@ -887,3 +887,50 @@ async def test_sqlite_migration_that_would_break_a_foreign_key_changes_nothing(
         assert conn.execute("SELECT run_id FROM runs").fetchall() == [("orphan",)]
     finally:
         conn.close()
+
+
+async def test_sqlite_audit_indexes_hold_only_records_with_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = _sqlite_file_at_version(path, 4)  # full indexes, as schema 4 left them
+    conn.close()
+    new = runs.NewRun(run_id="r1", playbook="restart-pod", target="shop/web")
+    async with state.SqliteStateStore(path) as store:
+        await store.admit([admission("aaa1", new_runs=(new,))], now=1000.0)
+        by_target = await store.query_audit(runs.RunFilter(target="shop/web"))
+        by_playbook = await store.query_audit(runs.RunFilter(playbook="restart-pod"))
+        detail = await store.get_run("r1")
+    assert detail is not None
+    # The receipt has no run, playbook or target; the run's record has all three.
+    assert [r.event.kind for r in detail.audit] == [runs.AuditKind.RUN_QUEUED]
+    assert [r.event.kind for r in by_target.items] == [runs.AuditKind.RUN_QUEUED]
+    assert [r.event.kind for r in by_playbook.items] == [runs.AuditKind.RUN_QUEUED]
+
+    conn = sqlite3.connect(path)
+    try:
+        for index, column in (
+            ("audit_by_run", "run_id"),
+            ("audit_by_playbook", "playbook"),
+            ("audit_by_target", "target"),
+        ):
+            (sql,) = conn.execute(
+                "SELECT sql FROM sqlite_schema WHERE name = ?", (index,)
+            ).fetchone()
+            assert sql.endswith(f"WHERE {column} IS NOT NULL")
+            # The store's lookups ("column = ?") still use the partial index.
+            plan = " ".join(
+                row[-1]
+                for row in conn.execute(
+                    f"EXPLAIN QUERY PLAN SELECT details FROM audit WHERE {column} = ?"  # noqa: S608
+                    " ORDER BY seq",
+                    ("x",),
+                )
+            )
+            assert f"USING INDEX {index} ({column}=?)" in plan
+            # One entry, the run's record: the receipt (NULLs) is not in it.
+            (entries,) = conn.execute(
+                f"SELECT COUNT(*) FROM audit INDEXED BY {index}"  # noqa: S608
+                f" WHERE {column} IS NOT NULL"
+            ).fetchone()
+            assert (entries, conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]) == (1, 2)
+    finally:
+        conn.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,28 @@ async def test_committed_records_are_logged_with_their_fields(tmp_path: Path) ->
         ("alert_received", 1),
         ("run_queued", 2),
     ]
+    # The receipt at debug, the decision at info.
+    assert logged[0]["log_level"] == "debug"
     queued = logged[1]
     assert queued["run_id"] == "r1"
     assert queued["playbook"] == "store-down"
     assert queued["target"] == "store-s1"
     assert queued["log_level"] == "info"
+
+
+async def test_receipts_are_not_logged_at_info(tmp_path: Path) -> None:
+    before = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        async with state.SqliteStateStore(
+            tmp_path / "state.sqlite", on_append=auditing.log_record
+        ) as store:
+            with structlog.testing.capture_logs() as logged:
+                await store.admit([admission("aa01", "r1")], now=1000.0)
+    finally:
+        structlog.configure(**before)
+
+    assert [e["event"] for e in logged] == ["run_queued"]
 
 
 async def test_a_failed_transaction_logs_nothing(tmp_path: Path) -> None:

@@ -934,3 +934,59 @@ async def test_sqlite_audit_indexes_hold_only_records_with_the_column(tmp_path: 
             assert (entries, conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]) == (1, 2)
     finally:
         conn.close()
+
+
+class _Recording:
+    """A real SQLite connection that keeps the statements a transaction function executes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.appended: list[runs.AuditRecord] = []
+        self.memo: dict[str, Any] = {}
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        self.statements.append((sql, tuple(parameters)))
+        return self.conn.execute(sql, parameters)
+
+
+@pytest.mark.parametrize("scope", ["target", "playbook"])
+async def test_sqlite_rate_counts_read_only_the_window_of_runs(tmp_path: Path, scope: str) -> None:
+    from remediator.adapters.state import safeguards
+
+    path = tmp_path / "state.db"
+    async with state.SqliteStateStore(path) as store:
+        # Runs on many targets, and statistics of them, as a daemon has.
+        await store.admit(
+            [
+                admission(
+                    f"a{i}",
+                    new_runs=(
+                        runs.NewRun(run_id=f"r{i}", playbook="restart-pod", target=f"shop/{i}"),
+                    ),
+                )
+                for i in range(1000)
+            ],
+            now=1000.0,
+        )
+    recording = _Recording(sqlite3.connect(path, isolation_level=None))
+    try:
+        # Finished, one a second: the planner's statistics then favour (target, status).
+        recording.conn.execute(
+            "UPDATE runs SET status = 'succeeded', created_at = 1000.0 + id,"
+            " finished_at = 1001.0 + id"
+        )
+        recording.conn.execute("ANALYZE")
+        if scope == "target":
+            counted = safeguards.count_runs(recording, since=2000.0, target="shop/999")
+        else:
+            counted = safeguards.count_runs(recording, since=2000.0, playbook="restart-pod")
+        assert counted == 1  # the last run only
+        ((sql, parameters),) = recording.statements
+        plan = " ".join(
+            row[-1] for row in recording.conn.execute(f"EXPLAIN QUERY PLAN {sql}", parameters)
+        )
+    finally:
+        recording.conn.close()
+    # A range of the (scope, created_at) index: the runs in the window, not all the target's.
+    assert f"USING INDEX runs_by_{scope} ({scope}=? AND created_at>?)" in plan, plan

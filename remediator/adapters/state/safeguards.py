@@ -26,17 +26,12 @@ ACTIVE_STORMS = "active_storms"
 """``conn.memo`` key: {(playbook, alertname): id} of the storms not ended; like the above."""
 SIGHTING_RETENTION = 86400.0
 """Seconds of sightings kept; longer than any sensible storm window."""
-COUNTED_STATUSES = (
-    "queued",
-    "running",
-    "awaiting_approval",
-    "succeeded",
-    "failed",
-    "unverified",
-    "interrupted",
-    "rejected",
-)
-"""Runs that count against rate limits: all but the cancelled (which never acted)."""
+UNCOUNTED_STATUS = "cancelled"
+"""Runs count against rate limits unless cancelled (they never acted). Said as "status is not
+cancelled" in SQL, the planner reads the runs of a target (or playbook) in the window from its
+(target, created_at) index; "status IN (eight others)" made it probe eight statuses of the
+target, each through all its runs ever: 13 -> 6 us per alert, and no longer growing with the
+target's history."""
 JUDGED_STATUSES = ("succeeded", "failed", "unverified")
 """Outcomes a breaker judges; interrupted or rejected runs say nothing about the playbook."""
 
@@ -149,11 +144,10 @@ def count_runs(
     if target is not None:
         clauses.append("target = ?")
         values.append(target)  # type: ignore[arg-type]
-    marks = ", ".join("?" * len(COUNTED_STATUSES))
     row = conn.execute(
         f"SELECT COUNT(*) FROM runs WHERE {' AND '.join(clauses)}"  # noqa: S608 - constants
-        f" AND status IN ({marks})",
-        (*values, *COUNTED_STATUSES),
+        " AND status <> ?",
+        (*values, UNCOUNTED_STATUS),
     ).fetchone()
     return int(row[0])
 

@@ -156,6 +156,14 @@ def decide_start(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) -> Dec
     return _cooldown(policy, snapshot, now=now)
 
 
+def needs_last_finished(policy: SafetyPolicy, decision: Decision) -> bool:
+    """Whether knowing the target's last finished run could change ``decision``, made with
+    ``last_finished_on_target=None``: only the cooldown reads it, and it is checked last, so
+    only an allowed decision under a cooldown above zero. Reading it costs a query per
+    alert; most alerts under load are refused before (rate limits)."""
+    return decision.refusal is None and policy.cooldown > 0
+
+
 def _limits(policy: SafetyPolicy, snapshot: Snapshot, *, now: float) -> Decision:
     if snapshot.breaker_open:
         return Decision(refusal=Refusal.BREAKER_OPEN)

@@ -6,6 +6,8 @@ import dataclasses
 from typing import Any, Literal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from remediator.core import safety
 from remediator.core.safety import (
@@ -319,3 +321,45 @@ def test_defaults_are_conservative() -> None:
     assert policy.approval == "destructive"
     assert policy.target_rate == RateLimit(max_runs=3, window=3600.0)
     assert safety.decide_admission(policy, Snapshot(), now=NOW) == safety.ALLOWED
+
+
+@given(
+    paused=st.booleans(),
+    breaker_open=st.booleans(),
+    target_runs=st.integers(0, 5),
+    playbook_runs=st.integers(0, 25),
+    storm_targets=st.integers(0, 8),
+    cooldown=st.sampled_from([0.0, 300.0]),
+    last_finished=st.none() | st.floats(NOW - 1000.0, NOW + 10.0),
+    starting=st.booleans(),
+)
+def test_a_decision_without_the_last_finished_run_stands_unless_it_is_needed(
+    paused: bool,
+    breaker_open: bool,
+    target_runs: int,
+    playbook_runs: int,
+    storm_targets: int,
+    cooldown: float,
+    last_finished: float | None,
+    starting: bool,
+) -> None:
+    # The store reads the target's last finished run only when needs_last_finished() says so.
+    policy = dataclasses.replace(POLICY, cooldown=cooldown)
+    decide = safety.decide_start if starting else safety.decide_admission
+    snapshot = Snapshot(
+        paused=paused,
+        breaker_open=breaker_open,
+        target_runs=target_runs,
+        playbook_runs=playbook_runs,
+        storm_targets=storm_targets,
+    )
+    first = decide(policy, snapshot, now=NOW)
+    full = decide(
+        policy,
+        dataclasses.replace(snapshot, last_finished_on_target=last_finished),
+        now=NOW,
+    )
+    if not safety.needs_last_finished(policy, first):
+        assert full == first
+    else:
+        assert first.refusal is None and full.refusal in (None, Refusal.COOLDOWN)

@@ -154,8 +154,15 @@ def _decide(
     assert policy is not None  # noqa: S101 - the caller decides only runs with a policy
     if str(key.status) == "firing" and policy.storm is not None:
         safeguards.record_sighting(conn, new, name, now)
-    snapshot = safeguards.snapshot(conn, new, policy, name, now=now, known_targets=known_targets)
+    snapshot = safeguards.snapshot(
+        conn, new, policy, name, now=now, known_targets=known_targets, last_finished=False
+    )
     decision = safety.decide_admission(policy, snapshot, now=now)
+    if safety.needs_last_finished(policy, decision):
+        snapshot = dataclasses.replace(
+            snapshot, last_finished_on_target=safeguards.last_finished_on_target(conn, new.target)
+        )
+        decision = safety.decide_admission(policy, snapshot, now=now)
     storm_key = runs.StormKey(playbook=new.playbook, alertname=name)
     storm_id = safeguards.active_storm(conn, storm_key)
     storming = safety.is_storm(policy.storm, targets=snapshot.storm_targets, known=known_targets)
@@ -248,9 +255,14 @@ def claim_run(
         snapshot = safety.Snapshot(
             paused=safeguards.paused(conn) is not None,
             breaker_open=safeguards.breaker_open(conn, queued.playbook, queued.target, now=now),
-            last_finished_on_target=safeguards.last_finished_on_target(conn, queued.target),
         )
         decision = safety.decide_start(gate, snapshot, now=now)
+        if safety.needs_last_finished(gate, decision):
+            snapshot = dataclasses.replace(
+                snapshot,
+                last_finished_on_target=safeguards.last_finished_on_target(conn, queued.target),
+            )
+            decision = safety.decide_start(gate, snapshot, now=now)
         if decision.refusal is not None:
             cancel_run(conn, run_id, str(decision.refusal), now, details=dict(decision.details))
             return None

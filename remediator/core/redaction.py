@@ -7,6 +7,7 @@ a token inside an error body or a URL. Neither is perfect alone; callers pass bo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -46,7 +47,9 @@ _URL_USERINFO = re.compile(r"(://[^/\s:@]+:)([^/\s@]+)(@)")
 _REFERENCE_KEY = re.compile(r"secrets|(^|_)(name|names|ref|missing)$|^missing_")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
+    # Cached: a daemon sees the same few dozen keys (params, outputs) on every run.
     folded = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower().replace("-", "_")
     if _REFERENCE_KEY.search(folded):
         return False
@@ -105,6 +108,12 @@ def _holds_value(item: Any) -> bool:
 
 
 def _secrets_pattern(secrets: Collection[str]) -> re.Pattern[str] | None:
+    return _pattern_of(frozenset(secrets)) if secrets else None
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern_of(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    # Cached: callers pass the daemon's same few tokens on every redaction, twice per step.
     # Longest first, so a secret that contains another is masked whole, not in pieces.
     usable = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
     if not usable:

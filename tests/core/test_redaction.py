@@ -81,6 +81,17 @@ def test_redact_masks_known_secrets_inside_any_string() -> None:
     }
 
 
+def test_each_call_masks_the_secrets_it_was_given() -> None:
+    # Patterns are cached by their set of secrets: one set's pattern never serves another.
+    text = "first-secret and second-secret"
+    first, second = ["first-secret"], ("second-secret",)
+    assert redaction.redact(text, secrets=first) == "*** and second-secret"
+    assert redaction.redact(text, secrets=second) == "first-secret and ***"
+    assert redaction.redact(text, secrets={*first, *second}) == "*** and ***"
+    assert redaction.redact(text, secrets=[]) == text
+    assert redaction.redact_text(text, secrets=first) == "*** and second-secret"
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("text", "text"), (5, 5), (None, None), (["a"], ["a"]), ((), ())],

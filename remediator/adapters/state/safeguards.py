@@ -327,10 +327,9 @@ def snapshot(
     *,
     now: float,
     known_targets: int | None,
-    last_finished: bool = True,
 ) -> safety.Snapshot:
-    """What the admission decision reads; ``last_finished=False`` leaves out the target's last
-    finished run, for a caller that asks only if :func:`safety.needs_last_finished`."""
+    """What the admission decision reads, but for the target's last finished run: the caller
+    reads that only if :func:`safety.needs_last_finished` says the decision can depend on it."""
     return safety.Snapshot(
         paused=paused(conn) is not None,
         target_runs=count_runs(conn, since=now - policy.target_rate.window, target=run.target)
@@ -341,9 +340,6 @@ def snapshot(
         )
         if policy.playbook_rate
         else 0,
-        last_finished_on_target=last_finished_on_target(conn, run.target)
-        if last_finished
-        else None,
         breaker_open=breaker_open(conn, run.playbook, run.target, now=now),
         storm_targets=storm_targets(
             conn,

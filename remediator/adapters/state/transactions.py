@@ -154,15 +154,8 @@ def _decide(
     assert policy is not None  # noqa: S101 - the caller decides only runs with a policy
     if str(key.status) == "firing" and policy.storm is not None:
         safeguards.record_sighting(conn, new, name, now)
-    snapshot = safeguards.snapshot(
-        conn, new, policy, name, now=now, known_targets=known_targets, last_finished=False
-    )
-    decision = safety.decide_admission(policy, snapshot, now=now)
-    if safety.needs_last_finished(policy, decision):
-        snapshot = dataclasses.replace(
-            snapshot, last_finished_on_target=safeguards.last_finished_on_target(conn, new.target)
-        )
-        decision = safety.decide_admission(policy, snapshot, now=now)
+    snapshot = safeguards.snapshot(conn, new, policy, name, now=now, known_targets=known_targets)
+    decision = _decided(conn, safety.decide_admission, policy, snapshot, new.target, now=now)
     storm_key = runs.StormKey(playbook=new.playbook, alertname=name)
     storm_id = safeguards.active_storm(conn, storm_key)
     storming = safety.is_storm(policy.storm, targets=snapshot.storm_targets, known=known_targets)
@@ -211,7 +204,7 @@ def preview_admission(
 ) -> safety.Decision:
     snapshot = safeguards.snapshot(conn, run, policy, name, now=now, known_targets=known_targets)
     if policy.storm is None:
-        return safety.decide_admission(policy, snapshot, now=now)
+        return _decided(conn, safety.decide_admission, policy, snapshot, run.target, now=now)
     seen = conn.execute(
         "SELECT 1 FROM sightings WHERE playbook = ? AND alertname = ? AND target = ?"
         " AND seen_at >= ?",
@@ -219,7 +212,25 @@ def preview_admission(
     ).fetchone()
     if seen is None:  # admit() would record this sighting first
         snapshot = dataclasses.replace(snapshot, storm_targets=snapshot.storm_targets + 1)
-    return safety.decide_admission(policy, snapshot, now=now)
+    return _decided(conn, safety.decide_admission, policy, snapshot, run.target, now=now)
+
+
+def _decided(
+    conn: Connection,
+    decide: Callable[..., safety.Decision],
+    policy: safety.SafetyPolicy,
+    snapshot: safety.Snapshot,
+    target: str,
+    *,
+    now: float,
+) -> safety.Decision:
+    """``decide`` on ``snapshot``, reading the target's last finished run (a query through all
+    of the target's runs) only when the decision can depend on it."""
+    decision = decide(policy, snapshot, now=now)
+    if not safety.needs_last_finished(policy, decision):
+        return decision
+    last = safeguards.last_finished_on_target(conn, target)
+    return decide(policy, dataclasses.replace(snapshot, last_finished_on_target=last), now=now)
 
 
 # Runs
@@ -256,13 +267,7 @@ def claim_run(
             paused=safeguards.paused(conn) is not None,
             breaker_open=safeguards.breaker_open(conn, queued.playbook, queued.target, now=now),
         )
-        decision = safety.decide_start(gate, snapshot, now=now)
-        if safety.needs_last_finished(gate, decision):
-            snapshot = dataclasses.replace(
-                snapshot,
-                last_finished_on_target=safeguards.last_finished_on_target(conn, queued.target),
-            )
-            decision = safety.decide_start(gate, snapshot, now=now)
+        decision = _decided(conn, safety.decide_start, gate, snapshot, queued.target, now=now)
         if decision.refusal is not None:
             cancel_run(conn, run_id, str(decision.refusal), now, details=dict(decision.details))
             return None
